@@ -1,0 +1,1 @@
+"""Intake: every order from every channel gets exactly one answer."""

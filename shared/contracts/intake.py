@@ -1,0 +1,107 @@
+"""What channels send to intake, and the events intake produces."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from shared import subjects
+from shared.contracts.common import (
+    CURRENCIES,
+    Address,
+    Contract,
+    CurrencyCode,
+    Customer,
+    FieldError,
+    Money,
+    OrderLine,
+    Priority,
+)
+from shared.contracts.envelope import Event, register
+
+MAX_LINES = 100
+MAX_SUBMISSION_BYTES = 64 * 1024
+
+
+class OrderSubmission(Contract):
+    """An order as a channel submits it (canonical web JSON)."""
+
+    channel: str = Field(pattern=r"^[a-z][a-z0-9_-]{1,31}$", description="Submitting channel")
+    external_id: str = Field(
+        pattern=r"^[A-Za-z0-9_:-]{1,64}$",
+        description="The channel's own order reference; (channel, external_id) is unique",
+    )
+    customer: Customer
+    lines: list[OrderLine] = Field(min_length=1, max_length=MAX_LINES)
+    currency: CurrencyCode
+    shipping_address: Address
+    priority: Priority = "normal"
+    total: Money | None = Field(None, description="If given, must equal the sum of the lines")
+    note: str | None = Field(None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.currency not in CURRENCIES:
+            raise ValueError(f"currency {self.currency} is not one orderflow prices in")
+        if self.customer.email is None and self.customer.phone is None:
+            raise ValueError("customer needs an e-mail address or a phone number")
+        if self.total is not None and self.total != self.lines_total():
+            raise ValueError(
+                f"total {self.total} does not equal the lines' sum {self.lines_total()}"
+            )
+        return self
+
+    def lines_total(self) -> Decimal:
+        return sum((line.unit_price * line.quantity for line in self.lines), Decimal("0.00"))
+
+
+class _OrderEvent(Event):
+    producer = subjects.INTAKE
+    order_id: str = Field(description="orderflow's order id (UUIDv7)")
+
+    def key(self) -> str:
+        return self.order_id
+
+
+@register
+class OrderAccepted(_OrderEvent):
+    event_type = "order_accepted"
+    channel: str
+    external_id: str
+    customer: Customer
+    lines: list[OrderLine]
+    currency: CurrencyCode
+    total: Money
+    shipping_address: Address
+    priority: Priority
+    submitted_at: datetime = Field(description="When intake received the submission")
+
+
+@register
+class OrderRejected(_OrderEvent):
+    event_type = "order_rejected"
+    channel: str
+    external_id: str | None = Field(None, description="As submitted, when it could be read")
+    errors: list[FieldError] = Field(description="Every problem found, each with its field")
+    submitted_at: datetime
+
+
+@register
+class OrderDuplicate(_OrderEvent):
+    """A repeated (channel, external_id); order_id is the original order's."""
+
+    event_type = "order_duplicate"
+    channel: str
+    external_id: str
+    submitted_at: datetime
+
+
+class SubmissionAnswer(Contract):
+    """The one answer every submission gets."""
+
+    outcome: str = Field(description="accepted | rejected | duplicate")
+    order_id: str
+    errors: list[FieldError] = Field(default_factory=list)

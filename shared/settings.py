@@ -1,0 +1,47 @@
+"""Settings read from the environment (prefix ``ORDERFLOW_``) with production defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads; each service may subclass it with its own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", extra="ignore")
+
+    home: Path = Field(Path("var"), description="Folder for databases, logs and endpoints.json")
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222", description="NATS server URL(s), comma separated"
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL; default: a SQLite file per service under home",
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(0, description="0 picks a free port")
+
+    batch_max: int = Field(
+        200, ge=1, le=5000, description="Most messages applied in one transaction"
+    )
+    max_deliver: int = Field(5, ge=1, description="Tries before a message is dead-lettered")
+    nak_delay_s: float = Field(1.0, ge=0, description="First redelivery delay; doubles per try")
+    ack_wait_s: float = Field(30.0, gt=0)
+    max_ack_pending: int = Field(20_000, ge=1)
+
+    stream_replicas: int = Field(1, ge=1, le=5, description="1 locally, 3 in a cluster")
+    duplicate_window_s: float = Field(300.0, gt=0, description="JetStream dedup window")
+    outbox_sweep_s: float = Field(1.0, gt=0, description="How often the relay looks for stragglers")
+
+    simulator: bool = Field(False, description="Fulfillment: run the warehouse simulator")
+    simulator_min_delay_s: float = 0.2
+    simulator_max_delay_s: float = 1.5
+    log_level: str = "INFO"
+
+    def database_url_for(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.home / f'{service}.db').resolve()}"
