@@ -46,6 +46,14 @@ class UnitOfWork:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
         self.emitted: list[Envelope] = []
+        self.after_commit: list[Callable[[], Awaitable[None]]] = []
+
+    def on_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` once the transaction has committed (e.g. write to a log file).
+
+        It may run again after a crash between commit and ack, so it must be harmless to repeat
+        or guarded by the caller's own records."""
+        self.after_commit.append(callback)
 
     def emit(
         self,
@@ -73,6 +81,14 @@ class Incoming:
     kind: str
     message_id: str
     body: Any
+
+
+async def run_after_commit(callbacks: list[Callable[[], Awaitable[None]]]) -> None:
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            log.exception("after-commit callback %s failed", callback)
 
 
 def decode_event(msg: Msg) -> Incoming:
@@ -238,10 +254,12 @@ class BatchConsumer:
                         time.perf_counter() - t0
                     )
                     self.metrics.events_processed.labels(self.service, kind).inc(len(bodies))
-                return await self.outbox.write(conn, uow.emitted)
+                rows = await self.outbox.write(conn, uow.emitted)
         except BaseException:
             self.outbox.restore_marks(marks)
             raise
+        await run_after_commit(uow.after_commit)
+        return rows
 
     async def _failed(self, msg: Msg, exc: BaseException) -> None:
         self.metrics.handler_failures.labels(self.service, self.spec.name).inc()

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import MetaData
 
 from shared import streams as stream_specs
-from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork
+from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, run_after_commit
 from shared.db import Database
 from shared.metrics import ServiceMetrics
 from shared.outbox import Outbox
@@ -103,6 +103,7 @@ class ServiceRuntime:
         except BaseException:
             self.outbox.restore_marks(marks)
             raise
+        await run_after_commit(uow.after_commit)
         self.outbox.publish_soon(rows)
         return result
 
