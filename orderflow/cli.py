@@ -41,28 +41,46 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {err.get('field')}: {err.get('reason')}", file=sys.stderr)
         return EXIT_REFUSED
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-        print(f"error: the service did not answer ({exc.__class__.__name__}); is it running?",
-              file=sys.stderr)
+        print(
+            f"error: the service did not answer ({exc.__class__.__name__}); is it running?",
+            file=sys.stderr,
+        )
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orderflow", description=(
-        "orderflow: an order backbone of four services over NATS JetStream. Commands that talk "
-        "to a running system find it through $ORDERFLOW_HOME/endpoints.json (default "
-        "./var/endpoints.json) or ORDERFLOW_NATS_URL."))
+    p = argparse.ArgumentParser(
+        prog="orderflow",
+        description=(
+            "orderflow: an order backbone of four services over NATS JetStream. Commands that talk "
+            "to a running system find it through $ORDERFLOW_HOME/endpoints.json (default "
+            "./var/endpoints.json) or ORDERFLOW_NATS_URL."
+        ),
+    )
     sub = p.add_subparsers(metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start nats-server and the four services, seed stock, drive a demo load")
-    up.add_argument("--home", type=Path, default=None, help="data folder (default $ORDERFLOW_HOME or ./var)")
-    up.add_argument("--no-simulator", action="store_true", help="do not run the warehouse simulator")
+    up = sub.add_parser(
+        "up", help="start nats-server and the four services, seed stock, drive a demo load"
+    )
+    up.add_argument(
+        "--home", type=Path, default=None, help="data folder (default $ORDERFLOW_HOME or ./var)"
+    )
+    up.add_argument(
+        "--no-simulator", action="store_true", help="do not run the warehouse simulator"
+    )
     up.add_argument("--no-demo", action="store_true", help="do not drive a demo load")
     up.add_argument("--orders", type=int, default=400, help="demo orders (default 400)")
     up.add_argument("--rate", type=float, default=40.0, help="demo orders per second (default 40)")
-    up.add_argument("--for", dest="run_for", type=float, default=None, metavar="SECONDS",
-                    help="stop by itself after this long")
+    up.add_argument(
+        "--for",
+        dest="run_for",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop by itself after this long",
+    )
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service against an existing NATS and database")
@@ -71,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="submit one order (JSON) and print its answer")
     submit.add_argument("file", nargs="?", default="-", help="JSON file, or - for stdin")
-    submit.add_argument("--channel", default=None, help="channel (default: the order's own, else web)")
+    submit.add_argument(
+        "--channel", default=None, help="channel (default: the order's own, else web)"
+    )
     submit.add_argument("--json", action="store_true", help="machine-readable output")
     submit.set_defaults(func=cmd_submit)
 
@@ -114,9 +134,15 @@ def _asyncio_run(coro: Awaitable[int]) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from orderflow.launcher import up
 
-    return _asyncio_run(up(args.home or endpoints.home(), simulator=not args.no_simulator,
-                           demo_orders=0 if args.no_demo else args.orders, demo_rate=args.rate,
-                           run_for=args.run_for))
+    return _asyncio_run(
+        up(
+            args.home or endpoints.home(),
+            simulator=not args.no_simulator,
+            demo_orders=0 if args.no_demo else args.orders,
+            demo_rate=args.rate,
+            run_for=args.run_for,
+        )
+    )
 
 
 def create_service(name: str, settings: ServiceSettings | None = None) -> ServiceRuntime:
@@ -127,8 +153,10 @@ def create_service(name: str, settings: ServiceSettings | None = None) -> Servic
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = ServiceSettings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s {args.service} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s {args.service} %(levelname)s %(name)s: %(message)s",
+    )
     # Per-message logging from the NATS client would cost a third of the throughput.
     logging.getLogger("nats").setLevel(logging.WARNING)
     runtime = create_service(args.service)
@@ -186,14 +214,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_restock(args: argparse.Namespace) -> int:
-    row = asyncio.run(_call("inventory", "restock", {
-        "sku": args.sku, "quantity": args.quantity, "warehouse": args.warehouse,
-        "reason": args.reason, "actor": args.actor}))
+    row = asyncio.run(
+        _call(
+            "inventory",
+            "restock",
+            {
+                "sku": args.sku,
+                "quantity": args.quantity,
+                "warehouse": args.warehouse,
+                "reason": args.reason,
+                "actor": args.actor,
+            },
+        )
+    )
     if args.json:
         print(json.dumps(row, indent=2))
     else:
-        print(f"{row['sku']} at {row['warehouse']}: on hand {row['on_hand']}, "
-              f"reserved {row['reserved']}, available {row['available']}")
+        print(
+            f"{row['sku']} at {row['warehouse']}: on hand {row['on_hand']}, "
+            f"reserved {row['reserved']}, available {row['available']}"
+        )
     return 0
 
 
@@ -203,10 +243,14 @@ def cmd_stock_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'SKU':<12} {'WAREHOUSE':<10} {'ON HAND':>8} {'RESERVED':>9} {'AVAILABLE':>10} {'SHIPPED':>8}")
+    print(
+        f"{'SKU':<12} {'WAREHOUSE':<10} {'ON HAND':>8} {'RESERVED':>9} {'AVAILABLE':>10} {'SHIPPED':>8}"
+    )
     for r in rows:
-        print(f"{r['sku']:<12} {r['warehouse']:<10} {r['on_hand']:>8} {r['reserved']:>9} "
-              f"{r['available']:>10} {r.get('shipped', 0):>8}")
+        print(
+            f"{r['sku']:<12} {r['warehouse']:<10} {r['on_hand']:>8} {r['reserved']:>9} "
+            f"{r['available']:>10} {r.get('shipped', 0):>8}"
+        )
     return 0
 
 

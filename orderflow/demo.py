@@ -29,8 +29,13 @@ CATALOGUE: list[tuple[str, int, str]] = [
 ]
 WAREHOUSES = ("WH-SH", "WH-BJ")
 CHANNELS = ("web", "wechat", "phone", "marketplace")
-CITIES = [("Shanghai", "200000", "CN"), ("Beijing", "100000", "CN"), ("Hangzhou", "310000", "CN"),
-          ("Singapore", "018956", "SG"), ("Hong Kong", "999077", "HK")]
+CITIES = [
+    ("Shanghai", "200000", "CN"),
+    ("Beijing", "100000", "CN"),
+    ("Hangzhou", "310000", "CN"),
+    ("Singapore", "018956", "SG"),
+    ("Hong Kong", "999077", "HK"),
+]
 NAMES = ["Li Wei", "Wang Fang", "Zhang Min", "Chen Jing", "Tan Mei Ling", "Alex Ho", "Sam Lee"]
 
 
@@ -42,8 +47,12 @@ class Submitted:
     payload: dict[str, Any]
 
 
-def valid_order(rng: random.Random, channel: str, external_id: str,
-                skus: list[tuple[str, int, str]] | None = None) -> dict[str, Any]:
+def valid_order(
+    rng: random.Random,
+    channel: str,
+    external_id: str,
+    skus: list[tuple[str, int, str]] | None = None,
+) -> dict[str, Any]:
     name = rng.choice(NAMES)
     city, postal, country = rng.choice(CITIES)
     picks = rng.sample(skus or CATALOGUE[:5], k=rng.randint(1, 3))
@@ -56,11 +65,18 @@ def valid_order(rng: random.Random, channel: str, external_id: str,
             "phone": f"+86 138 {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
             "locale": rng.choice(["en", "zh-CN"]),
         },
-        "lines": [{"sku": sku, "quantity": rng.randint(1, 3), "unit_price": price}
-                  for sku, _, price in picks],
+        "lines": [
+            {"sku": sku, "quantity": rng.randint(1, 3), "unit_price": price}
+            for sku, _, price in picks
+        ],
         "currency": "CNY",
-        "shipping_address": {"name": name, "line1": f"{rng.randint(1, 999)} Nanjing Road",
-                             "city": city, "postal_code": postal, "country": country},
+        "shipping_address": {
+            "name": name,
+            "line1": f"{rng.randint(1, 999)} Nanjing Road",
+            "city": city,
+            "postal_code": postal,
+            "country": country,
+        },
         "priority": rng.choices(["urgent", "high", "normal", "low"], [1, 2, 6, 1])[0],
     }
 
@@ -88,8 +104,9 @@ def scarce_order(rng: random.Random, channel: str, external_id: str) -> dict[str
     return order
 
 
-def plan(n: int, seed: int = 7, channels: tuple[str, ...] = CHANNELS,
-         run_id: str | None = None) -> list[Submitted]:
+def plan(
+    n: int, seed: int = 7, channels: tuple[str, ...] = CHANNELS, run_id: str | None = None
+) -> list[Submitted]:
     """n submissions: ~86 % valid, 6 % invalid, 4 % duplicates, 4 % backorders."""
     rng = random.Random(seed)
     run = run_id or format(int(time.time() * 1000) % 10**9, "x")
@@ -117,7 +134,16 @@ def paced(items: list[Submitted], rate: float) -> Iterator[tuple[float, Submitte
         yield start + i / rate if rate > 0 else start, item
 
 
-async def publish(js: JetStreamContext, items: list[Submitted], rate: float) -> float:
+class Counter:
+    """How many submissions a running load has published so far (for progress lines)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+
+async def publish(
+    js: JetStreamContext, items: list[Submitted], rate: float, counter: Counter | None = None
+) -> float:
     """Publish submissions on their channels' subjects at a steady rate; returns seconds taken.
 
     A duplicate is a *new* message with the same external id (a channel retrying later), so its
@@ -130,9 +156,15 @@ async def publish(js: JetStreamContext, items: list[Submitted], rate: float) -> 
         if delay > 0.002:
             await asyncio.sleep(delay)
         msg_id = f"{item.channel}:{item.external_id}:{i}"
-        pending.append(await js.publish_async(
-            subjects.submission(item.channel), orjson.dumps(item.payload),
-            headers={"Nats-Msg-Id": msg_id}))
+        pending.append(
+            await js.publish_async(
+                subjects.submission(item.channel),
+                orjson.dumps(item.payload),
+                headers={"Nats-Msg-Id": msg_id},
+            )
+        )
+        if counter is not None:
+            counter.sent += 1
         if len(pending) >= 1000:
             await asyncio.gather(*pending)
             pending.clear()

@@ -47,7 +47,10 @@ class ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orderflow", "run", self.name],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def exit_code(self) -> int | None:
@@ -66,8 +69,13 @@ class ServiceProcess:
 
 
 class Launcher:
-    def __init__(self, home: Path, simulator: bool = True, extra_env: dict[str, str] | None = None,
-                 out: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        simulator: bool = True,
+        extra_env: dict[str, str] | None = None,
+        out: IO[str] | None = None,
+    ) -> None:
         self.home = home.resolve()
         self.simulator = simulator
         self.extra_env = extra_env or {}
@@ -83,12 +91,19 @@ class Launcher:
         url = self.nats.start()
         self.say(f"nats-server (JetStream, file storage in {self.nats.store_dir}) at {url}")
         for name in SERVICES:
-            env = {**os.environ, **self.extra_env,
-                   "ORDERFLOW_HOME": str(self.home), "ORDERFLOW_NATS_URL": url,
-                   "ORDERFLOW_HTTP_PORT": str(free_port()),
-                   "ORDERFLOW_SIMULATOR": "true" if (self.simulator and name == "fulfillment") else "false"}
-            proc = ServiceProcess(name, int(env["ORDERFLOW_HTTP_PORT"]), env,
-                                  self.home / "logs" / f"{name}.log")
+            env = {
+                **os.environ,
+                **self.extra_env,
+                "ORDERFLOW_HOME": str(self.home),
+                "ORDERFLOW_NATS_URL": url,
+                "ORDERFLOW_HTTP_PORT": str(free_port()),
+                "ORDERFLOW_SIMULATOR": "true"
+                if (self.simulator and name == "fulfillment")
+                else "false",
+            }
+            proc = ServiceProcess(
+                name, int(env["ORDERFLOW_HTTP_PORT"]), env, self.home / "logs" / f"{name}.log"
+            )
             proc.start()
             self.services[name] = proc
         await self.wait_ready(timeout=60)
@@ -117,16 +132,20 @@ class Launcher:
                     proc = self.services[name]
                     code = proc.exit_code()
                     if code is not None:
-                        raise RuntimeError(f"{name} exited with code {code} while starting; "
-                                           f"see {proc.log_path}")
+                        raise RuntimeError(
+                            f"{name} exited with code {code} while starting; see {proc.log_path}"
+                        )
                     with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                        async with http.get(f"{proc.url}/readyz",
-                                            timeout=aiohttp.ClientTimeout(total=1)) as r:
+                        async with http.get(
+                            f"{proc.url}/readyz", timeout=aiohttp.ClientTimeout(total=1)
+                        ) as r:
                             if r.status == 200:
                                 waiting.discard(name)
                 if waiting:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"not ready after {timeout}s: {', '.join(sorted(waiting))}")
+                        raise RuntimeError(
+                            f"not ready after {timeout}s: {', '.join(sorted(waiting))}"
+                        )
                     await asyncio.sleep(0.2)
 
     async def supervise_once(self) -> None:
@@ -135,7 +154,9 @@ class Launcher:
             code = proc.exit_code()
             if code is not None:
                 proc.restarts += 1
-                self.say(f"!! {name} exited with code {code}; restarting it (restart #{proc.restarts})")
+                self.say(
+                    f"!! {name} exited with code {code}; restarting it (restart #{proc.restarts})"
+                )
                 proc.start()
                 try:
                     await self.wait_ready(timeout=60, names=[name])
@@ -156,9 +177,18 @@ class Launcher:
 async def seed_catalogue(nc: NATS) -> None:
     for sku, units, _price in demo.CATALOGUE:
         for warehouse in demo.WAREHOUSES:
-            await rpc.call(nc, "inventory", "restock", {
-                "sku": sku, "quantity": units, "warehouse": warehouse,
-                "reason": "demo catalogue", "actor": "launcher"})
+            await rpc.call(
+                nc,
+                "inventory",
+                "restock",
+                {
+                    "sku": sku,
+                    "quantity": units,
+                    "warehouse": warehouse,
+                    "reason": "demo catalogue",
+                    "actor": "launcher",
+                },
+            )
 
 
 async def progress_line(http: aiohttp.ClientSession, services: dict[str, str]) -> str:
@@ -167,11 +197,19 @@ async def progress_line(http: aiohttp.ClientSession, services: dict[str, str]) -
         try:
             async with http.get(f"{url}/stats", timeout=aiohttp.ClientTimeout(total=2)) as r:
                 stats[name] = await r.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             stats[name] = {}
     orders = stats.get("intake", {}).get("orders", {})
-    order_of = ["accepted", "backordered", "reserved", "queued", "picked", "packed", "shipped",
-                "delivered"]
+    order_of = [
+        "accepted",
+        "backordered",
+        "reserved",
+        "queued",
+        "picked",
+        "packed",
+        "shipped",
+        "delivered",
+    ]
 
     def reached(stage: str) -> int:
         i = order_of.index(stage)
@@ -179,14 +217,17 @@ async def progress_line(http: aiohttp.ClientSession, services: dict[str, str]) -
 
     accepted = sum(orders.get(s, 0) for s in order_of)
     notified = sum(stats.get("notify", {}).get("notifications", {}).values())
-    return (f"accepted {accepted}  rejected {orders.get('rejected', 0)}  | "
-            f"reserved {reached('reserved')}  backordered {orders.get('backordered', 0)}  | "
-            f"queued {reached('queued')}  shipped {reached('shipped')}  "
-            f"delivered {orders.get('delivered', 0)}  | notified {notified}")
+    return (
+        f"accepted {accepted}  rejected {orders.get('rejected', 0)}  | "
+        f"reserved {reached('reserved')}  backordered {orders.get('backordered', 0)}  | "
+        f"queued {reached('queued')}  shipped {reached('shipped')}  "
+        f"delivered {orders.get('delivered', 0)}  | notified {notified}"
+    )
 
 
-async def up(home: Path, *, simulator: bool, demo_orders: int, demo_rate: float,
-             run_for: float | None = None) -> int:
+async def up(
+    home: Path, *, simulator: bool, demo_orders: int, demo_rate: float, run_for: float | None = None
+) -> int:
     launcher = Launcher(home, simulator=simulator)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -198,11 +239,14 @@ async def up(home: Path, *, simulator: bool, demo_orders: int, demo_rate: float,
         await seed_catalogue(nc)
         launcher.say(f"seeded {len(demo.CATALOGUE)} SKUs in {len(demo.WAREHOUSES)} warehouses")
         demo_task: asyncio.Task[float] | None = None
+        sent = demo.Counter()
         if demo_orders > 0:
             items = demo.plan(demo_orders)
-            launcher.say(f"demo: {len(items)} orders from {', '.join(demo.CHANNELS)} "
-                         f"at {demo_rate:g}/s (some invalid, duplicate or short of stock)")
-            demo_task = asyncio.create_task(demo.publish(nc.jetstream(), items, demo_rate))
+            launcher.say(
+                f"demo: {len(items)} orders from {', '.join(demo.CHANNELS)} "
+                f"at {demo_rate:g}/s (some invalid, duplicate or short of stock)"
+            )
+            demo_task = asyncio.create_task(demo.publish(nc.jetstream(), items, demo_rate, sent))
         launcher.say("press Ctrl-C to stop")
         started = time.monotonic()
         async with aiohttp.ClientSession() as http:
@@ -211,7 +255,9 @@ async def up(home: Path, *, simulator: bool, demo_orders: int, demo_rate: float,
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
                 await launcher.supervise_once()
                 line = await progress_line(http, info["services"])
-                launcher.say(f"[{time.monotonic() - started:6.1f}s] {line}")
+                launcher.say(
+                    f"[{time.monotonic() - started:6.1f}s] submitted {sent.sent}  | {line}"
+                )
                 if demo_task is not None and demo_task.done():
                     launcher.say(f"demo: all {demo_orders} submitted in {demo_task.result():.1f}s")
                     demo_task = None

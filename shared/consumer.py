@@ -51,8 +51,9 @@ class UnitOfWork:
     def on_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run ``callback`` once the transaction has committed (e.g. write to a log file).
 
-        It may run again after a crash between commit and ack, so it must be harmless to repeat
-        or guarded by the caller's own records."""
+        It does not run again after a crash between commit and callback (the inbox skips the
+        redelivered message): a service whose effect must happen keeps its own record of it
+        (e.g. a pending status that a background job retries)."""
         self.after_commit.append(callback)
 
     def emit(
@@ -104,6 +105,10 @@ class ConsumerSpec:
     handlers: dict[str, Handler]
     decode: Callable[[Msg], Incoming] = decode_event
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+    # Per-consumer retry budget, where the service default is too short (e.g. waiting for an
+    # event that arrives on another stream).
+    max_deliver: int | None = None
+    nak_delay_s: float | None = None
 
 
 @dataclass
@@ -122,6 +127,18 @@ class BatchConsumer:
     _sub: Any = None
     _stopping: bool = False
 
+    @property
+    def max_deliver(self) -> int:
+        return self.spec.max_deliver or self.settings.max_deliver
+
+    @property
+    def nak_delay_s(self) -> float:
+        return (
+            self.spec.nak_delay_s
+            if self.spec.nak_delay_s is not None
+            else self.settings.nak_delay_s
+        )
+
     async def start(self, js: JetStreamContext) -> None:
         self.js = js
         spec, s = self.spec, self.settings
@@ -132,7 +149,7 @@ class BatchConsumer:
             deliver_policy=spec.deliver_policy,
             ack_wait=s.ack_wait_s,
             # One more than our own tries: the last delivery is the one we dead-letter.
-            max_deliver=s.max_deliver + 1,
+            max_deliver=self.max_deliver + 1,
             max_ack_pending=s.max_ack_pending,
             filter_subjects=list(spec.filter_subjects),
         )
@@ -264,16 +281,16 @@ class BatchConsumer:
     async def _failed(self, msg: Msg, exc: BaseException) -> None:
         self.metrics.handler_failures.labels(self.service, self.spec.name).inc()
         tries = msg.metadata.num_delivered
-        if tries >= self.settings.max_deliver:
+        if tries >= self.max_deliver:
             await self._dead_letter(msg, f"failed {tries} times, last error: {exc!r}")
             return
-        delay = self.settings.nak_delay_s * (2 ** (tries - 1))
+        delay = min(self.nak_delay_s * (2 ** (tries - 1)), 300.0)
         log.warning(
             "%s: message %s failed (try %d of %d), retry in %.1fs: %r",
             self.spec.name,
             msg.metadata.sequence.stream,
             tries,
-            self.settings.max_deliver,
+            self.max_deliver,
             delay,
             exc,
         )

@@ -58,7 +58,7 @@ class Outbox:
         self.js: JetStreamContext | None = None
         self._to_mark: list[str] = []
         self._inflight: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[int]] = set()
 
     async def write(
         self, conn: AsyncConnection, envelopes: Sequence[Envelope]

@@ -138,13 +138,10 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
 
     async def stats() -> dict[str, Any]:
         async with rt.db.reading() as conn:
-            by_status = dict(
-                (
-                    await conn.execute(
-                        select(orders.c.status, func.count()).group_by(orders.c.status)
-                    )
-                ).all()  # type: ignore[arg-type]
+            counts = await conn.execute(
+                select(orders.c.status, func.count()).group_by(orders.c.status)
             )
+            by_status: dict[str, int] = {status: n for status, n in counts}
             rejected = (
                 await conn.execute(select(func.count()).select_from(rejections))
             ).scalar_one()

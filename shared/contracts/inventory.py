@@ -1,4 +1,4 @@
-"""Events inventory produces."""
+"""Events inventory produces, and the commands it takes."""
 
 from __future__ import annotations
 
@@ -61,3 +61,29 @@ class StockRestocked(Event):
 
     def key(self) -> str:
         return self.sku
+
+
+@register
+class BackorderExpired(_InventoryOrderEvent):
+    """A backordered order's deadline passed before stock came: it will not be reserved."""
+
+    event_type = "backorder_expired"
+    reason: str = Field(description="Why it expired, for a person to read")
+    submitted_at: datetime | None = Field(None, description="When intake received the order")
+
+
+WAREHOUSE_CODE = r"^[A-Z0-9-]{2,16}$"
+
+
+class RestockStock(Contract):
+    """Command: units arrived at a warehouse (the catalogue is seeded this way too)."""
+
+    sku: Sku
+    quantity: int = Field(ge=1, le=1_000_000, description="Units added")
+    warehouse: str = Field(
+        "WH-1",
+        pattern=WAREHOUSE_CODE,
+        description="Warehouse code; an unknown one is created, ranked after the others",
+    )
+    reason: str = Field("restock", min_length=1, max_length=64, description="Ledger reason")
+    actor: str = Field("cli", min_length=1, max_length=64, description="Who did it")

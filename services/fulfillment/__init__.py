@@ -1,0 +1,1 @@
+"""Fulfillment: shipments, the priority work queue and its SLA deadlines."""

@@ -1,0 +1,1 @@
+"""Inventory: stock that is never oversold and never lost."""

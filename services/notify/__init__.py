@@ -1,0 +1,1 @@
+"""Notify: tells customers (and channels) what happened to their orders, once per event."""
