@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from shared import subjects
 from shared.contracts.common import (
@@ -42,20 +41,38 @@ class OrderSubmission(Contract):
     total: Money | None = Field(None, description="If given, must equal the sum of the lines")
     note: str | None = Field(None, max_length=1000)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.currency not in CURRENCIES:
-            raise ValueError(f"currency {self.currency} is not one orderflow prices in")
-        if self.customer.email is None and self.customer.phone is None:
+    # Field validators (not one model validator) so that every problem is reported at once,
+    # each under its own field.
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if value not in CURRENCIES:
+            raise ValueError(f"currency {value} is not one orderflow prices in")
+        return value
+
+    @field_validator("customer")
+    @classmethod
+    def _reachable(cls, value: Customer) -> Customer:
+        if value.email is None and value.phone is None:
             raise ValueError("customer needs an e-mail address or a phone number")
-        if self.total is not None and self.total != self.lines_total():
-            raise ValueError(
-                f"total {self.total} does not equal the lines' sum {self.lines_total()}"
-            )
-        return self
+        return value
+
+    @field_validator("total")
+    @classmethod
+    def _total_matches(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        lines = info.data.get("lines")
+        if value is not None and lines is not None:
+            expected = _sum_lines(lines)
+            if value != expected:
+                raise ValueError(f"total {value} does not equal the lines' sum {expected}")
+        return value
 
     def lines_total(self) -> Decimal:
-        return sum((line.unit_price * line.quantity for line in self.lines), Decimal("0.00"))
+        return _sum_lines(self.lines)
+
+
+def _sum_lines(lines: list[OrderLine]) -> Decimal:
+    return sum((line.unit_price * line.quantity for line in lines), Decimal("0.00"))
 
 
 class _OrderEvent(Event):
