@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from nats.aio.msg import Msg
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from services.intake import handlers
 from services.intake.models import metadata, orders, rejections
@@ -89,7 +90,15 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         async def work(uow: UnitOfWork) -> SubmissionAnswer:
             return (await handlers.submit_orders(uow, [item], rt.metrics))[0]
 
-        return await rt.execute(work)
+        # Two requests racing with the same (channel, external_id): on PostgreSQL the loser's
+        # insert violates the unique key; run it again and it sees the winner -> "duplicate".
+        for attempt in range(3):
+            try:
+                return await rt.execute(work)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def status_of(order_id: str) -> dict[str, Any] | None:
         async with rt.db.reading() as conn:

@@ -53,6 +53,7 @@ async def submit_orders(
                 known[(channel, external_id)] = order_id
 
     answers: list[SubmissionAnswer] = []
+    outcomes: list[tuple[str, str, tuple[str, datetime] | None]] = []
     order_rows: list[dict[str, Any]] = []
     rejection_rows: list[dict[str, Any]] = []
     now = time.time()
@@ -79,7 +80,7 @@ async def submit_orders(
                     submitted_at=item.received_at,
                 )
             )
-            metrics.count("rejected", item.channel)
+            outcomes.append(("rejected", item.channel, None))
             answers.append(SubmissionAnswer(outcome="rejected", order_id=order_id, errors=outcome))
             continue
         sub = outcome
@@ -93,7 +94,7 @@ async def submit_orders(
                     submitted_at=item.received_at,
                 )
             )
-            metrics.count("duplicate", sub.channel)
+            outcomes.append(("duplicate", sub.channel, None))
             answers.append(SubmissionAnswer(outcome="duplicate", order_id=original))
             continue
         order_id = uuid7()
@@ -128,13 +129,21 @@ async def submit_orders(
             }
         )
         uow.emit(event, correlation_id=order_id)
-        metrics.count("accepted", sub.channel)
-        metrics.observe_stage("accepted", sub.channel, sub.priority, item.received_at)
+        outcomes.append(("accepted", sub.channel, (sub.priority, item.received_at)))
         answers.append(SubmissionAnswer(outcome="accepted", order_id=order_id))
     if order_rows:
         await uow.conn.execute(insert(orders), order_rows)
     if rejection_rows:
         await uow.conn.execute(insert(rejections), rejection_rows)
+
+    async def record_metrics() -> None:
+        # After the commit: a batch that rolls back and is retried must not count twice.
+        for outcome, channel, accepted in outcomes:
+            metrics.count(outcome, channel)
+            if accepted is not None:
+                metrics.observe_stage("accepted", channel, accepted[0], accepted[1])
+
+    uow.on_commit(record_metrics)
     return answers
 
 
