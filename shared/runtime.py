@@ -38,23 +38,53 @@ class StartupError(RuntimeError):
 
 
 async def connect_nats(url: str, name: str, timeout: float = 10.0) -> NATS:
+    """Connect, retrying until ``timeout``; then stay connected (reconnecting forever).
+
+    Raises StartupError with one plain sentence when NATS cannot be reached at all.
+    """
+    connected = False
+    client: NATS | None = None
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py's default prints a traceback for every failed attempt; before the first
+        # connection the StartupError below says it once.
+        if connected:
+            log.warning("NATS: %s", exc or exc.__class__.__name__)
+
+    async def on_disconnected() -> None:
+        closing = client is not None and (client.is_closed or client.is_draining)
+        if connected and not closing:
+            log.warning("NATS: disconnected; reconnecting")
+
+    async def on_reconnected() -> None:
+        log.info("NATS: reconnected")
+
+    last: BaseException | None = None
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            return await nats.connect(
-                servers=url.split(","),
-                name=name,
-                connect_timeout=2,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                pending_size=64 * 1024 * 1024,
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=url.split(","),
+                    name=name,
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    allow_reconnect=True,
+                    pending_size=64 * 1024 * 1024,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                ),
+                timeout=max(0.5, deadline - time.monotonic()),
             )
-        except Exception as exc:
+            connected, client = True, nc
+            return nc
+        except (TimeoutError, Exception) as exc:
             last = exc
             await asyncio.sleep(0.3)
-    raise StartupError(f"cannot reach NATS at {url}: {last}")
+    reason = f": {last}" if last and str(last) else ""
+    raise StartupError(f"cannot reach NATS at {url} (tried for {timeout:.0f}s){reason}")
 
 
 class ServiceRuntime:
