@@ -1,0 +1,44 @@
+"""Sub-commands of ``orderflow``, one module per area; each has ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from orderflow import endpoints
+from shared import rpc
+
+EXIT_REFUSED = 1
+EXIT_UNREACHABLE = 2
+
+
+def run_async(coro: Awaitable[int]) -> int:
+    """Run a command's coroutine on uvloop where available."""
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def _call(service: str, command: str, payload: dict[str, Any], timeout: float) -> Any:
+    nc = await endpoints.connect()
+    try:
+        return await rpc.call(nc, service, command, payload, timeout=timeout)
+    finally:
+        await nc.close()
+
+
+def call_service(service: str, command: str, payload: dict[str, Any], timeout: float = 10.0) -> Any:
+    """Send one command to a running service over NATS and return its result.
+
+    Raises CommandRefused (printed as "refused: reason" by main) or StartupError (unreachable).
+    """
+    return asyncio.run(_call(service, command, payload, timeout))
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
