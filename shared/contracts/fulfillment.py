@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import ConfigDict, Field
 
 from shared import subjects
-from shared.contracts.common import Contract, Priority, StockLine
+from shared.contracts.common import Contract, CurrencyCode, Money, Priority, StockLine
 from shared.contracts.envelope import Event, register
 
 # Order ids end event subjects, so they must stay one subject token.
@@ -83,6 +83,61 @@ class ShipCommand(ShipmentCommand):
 
     carrier: str = Field(min_length=1, max_length=64, description="e.g. SF-EXPRESS")
     tracking_number: str = Field(min_length=1, max_length=64, description="The carrier's number")
+
+
+class _OrderDecision(Event):
+    producer = subjects.FULFILLMENT
+    order_id: str
+    reason: str
+    actor: str
+
+    def key(self) -> str:
+        return self.order_id
+
+
+@register
+class OrderCancelled(_OrderDecision):
+    """The order is cancelled for good: nothing of it has shipped or will ship. Inventory
+    releases what it holds for it; notify tells the customer; intake's view shows it."""
+
+    event_type = "order_cancelled"
+
+
+@register
+class CancellationRefused(_OrderDecision):
+    """Too late to cancel (it has shipped): the reason says so."""
+
+    event_type = "cancellation_refused"
+
+
+@register
+class ReturnReceived(Event):
+    """Returned goods arrived back at a warehouse: inventory puts them back in stock."""
+
+    event_type = "return_received"
+    producer = subjects.FULFILLMENT
+    order_id: str
+    shipment_id: str
+    lines: list[StockLine]
+    actor: str
+
+    def key(self) -> str:
+        return self.order_id
+
+
+@register
+class RefundDue(Event):
+    """Finance owes the customer this amount for a return."""
+
+    event_type = "refund_due"
+    producer = subjects.FULFILLMENT
+    order_id: str
+    amount: Money
+    currency: CurrencyCode
+    reason: str
+
+    def key(self) -> str:
+        return self.order_id
 
 
 # The payload model of each operator command, by command name.

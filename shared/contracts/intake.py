@@ -116,6 +116,16 @@ class OrderDuplicate(_OrderEvent):
     submitted_at: datetime
 
 
+@register
+class OrderCancelRequested(_OrderEvent):
+    """Someone asked to cancel an order. Fulfillment decides (it alone knows whether the parcel
+    has left): it answers with OrderCancelled or CancellationRefused."""
+
+    event_type = "order_cancel_requested"
+    reason: str = Field(max_length=500, description="Why, as the requester gave it")
+    actor: str = Field(description="Who asked")
+
+
 class SubmissionAnswer(Contract):
     """The one answer every submission gets."""
 

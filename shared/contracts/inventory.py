@@ -7,7 +7,15 @@ from datetime import datetime
 from pydantic import Field
 
 from shared import subjects
-from shared.contracts.common import Address, Contract, Priority, Sku, StockLine
+from shared.contracts.common import (
+    Address,
+    Contract,
+    CurrencyCode,
+    Money,
+    Priority,
+    Sku,
+    StockLine,
+)
 from shared.contracts.envelope import Event, register
 
 
@@ -29,6 +37,11 @@ class StockReserved(_InventoryOrderEvent):
     channel: str
     ship_to: Address
     submitted_at: datetime
+    # Added in v1 as optional fields (a non-breaking change): what a refund is worth.
+    currency: CurrencyCode | None = Field(None, description="The order's currency")
+    unit_prices: dict[str, Money] | None = Field(
+        None, description="Unit price per SKU, so a return can be refunded at what was paid"
+    )
 
 
 class Shortage(Contract):
