@@ -8,12 +8,12 @@ import sys
 
 import nats.errors
 
-from orderflow.commands import EXIT_REFUSED, EXIT_UNREACHABLE, orders, stock, system
+from orderflow.commands import EXIT_REFUSED, EXIT_UNREACHABLE, bench, orders, stock, system
 from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock)
+COMMAND_MODULES = (system, orders, stock, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""``orderflow bench``: orders per second end to end against the ceiling of this machine."""
