@@ -7,6 +7,7 @@ order ids or SKUs: only bounded values (service, handler, stage, channel, priori
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -97,14 +98,26 @@ class ServiceMetrics:
             registry=r,
         )
 
+        # labels() costs microseconds per call (it hashes and locks); the hot path caches children.
+        self._stage_children: dict[tuple[str, str, str], Any] = {}
+        self._order_children: dict[tuple[str, str], Any] = {}
+
     def observe_stage(
         self, stage: str, channel: str, priority: str, submitted_at: datetime
     ) -> None:
         seconds = (datetime.now(UTC) - submitted_at).total_seconds()
-        self.stage_latency.labels(stage, channel, priority).observe(max(seconds, 0.0))
+        key = (stage, channel, priority)
+        child = self._stage_children.get(key)
+        if child is None:
+            child = self._stage_children[key] = self.stage_latency.labels(*key)
+        child.observe(max(seconds, 0.0))
 
     def count(self, outcome: str, channel: str, n: int = 1) -> None:
-        self.orders.labels(self.service, outcome, channel).inc(n)
+        key = (outcome, channel)
+        child = self._order_children.get(key)
+        if child is None:
+            child = self._order_children[key] = self.orders.labels(self.service, outcome, channel)
+        child.inc(n)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -70,7 +70,9 @@ class Envelope:
         return subjects.event(self.producer, self.type, self.key)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
+        # The header is small and built by orjson; the payload is serialised by pydantic's own
+        # JSON writer straight to bytes (half the cost of model_dump() + orjson.dumps()).
+        header = orjson.dumps(
             {
                 "event_id": self.event_id,
                 "type": self.type,
@@ -80,8 +82,10 @@ class Envelope:
                 "key": self.key,
                 "correlation_id": self.correlation_id,
                 "causation_id": self.causation_id,
-                "data": self.data.model_dump(mode="json"),
             }
+        )
+        return (
+            header[:-1] + b',"data":' + self.data.__pydantic_serializer__.to_json(self.data) + b"}"
         )
 
 
