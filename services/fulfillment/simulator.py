@@ -3,7 +3,9 @@
 It acts through the same command function operators use (``handlers.apply_commands``), as actor
 "simulator", so a demo exercises the real paths: the same rules, log rows and events. Each tick
 it takes the shipments whose last change is older than their own random delay and moves each
-one step: pick, pack, ship (carrier SIM-POST), deliver.
+one step: pick, pack, ship (carrier SIM-POST), deliver. With ``simulator_failure_rate`` above 0,
+that share of deliveries fails instead (the ship-delay exception) and is tried again later, so
+every order still ends delivered.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ from typing import Any
 from sqlalchemy import select
 
 from services.fulfillment import domain, handlers
+from services.fulfillment.metrics import FulfillmentMetrics
 from services.fulfillment.models import shipments
 from services.fulfillment.settings import FulfillmentSettings
 from shared.consumer import UnitOfWork
-from shared.contracts.fulfillment import ShipCommand, ShipmentCommand
+from shared.contracts.fulfillment import DeliveryFailedCommand, ShipCommand, ShipmentCommand
 from shared.runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
 ACTOR = "simulator"
 CARRIER = "SIM-POST"
+FAILURE = "simulated: nobody at home, the carrier will try again"
 
 
 class WarehouseSimulator:
@@ -40,12 +44,15 @@ class WarehouseSimulator:
         self.rt = rt
         self.settings = settings
         self.rng = rng or random.Random()
+        self.metrics = FulfillmentMetrics.of(rt.metrics)
 
     async def run(self) -> None:
         log.info(
-            "warehouse simulator on: a step every %.1f-%.1f s per shipment",
+            "warehouse simulator on: a step every %.1f-%.1f s per shipment, %.0f%% of "
+            "deliveries fail",
             self.settings.simulator_min_delay_s,
             self.settings.simulator_max_delay_s,
+            100 * self.settings.simulator_failure_rate,
         )
         while True:
             try:
@@ -110,12 +117,17 @@ class WarehouseSimulator:
         commands: dict[str, list[ShipmentCommand]] = {}
         for s in due:
             action = domain.NEXT_ACTION[s["status"]]
+            if (
+                action.name == "deliver"
+                and self.rng.random() < self.settings.simulator_failure_rate
+            ):
+                action = domain.ACTIONS["delivery-failed"]
             commands.setdefault(action.name, []).append(self._command(action, s))
 
         async def work(uow: UnitOfWork) -> int:
             moved = 0
             for action_name, batch in commands.items():
-                outcomes = await handlers.apply_commands(uow, action_name, batch, self.rt.metrics)
+                outcomes = await handlers.apply_commands(uow, action_name, batch, self.metrics)
                 for command, outcome in zip(batch, outcomes, strict=True):
                     if isinstance(outcome, domain.Refusal):
                         # An operator moved it since we looked: fine, it is no longer ours.
@@ -141,6 +153,13 @@ class WarehouseSimulator:
                 actor=ACTOR,
                 carrier=CARRIER,
                 tracking_number=f"SP{self.rng.randrange(10**12):012d}",
+            )
+        if action.name == "delivery-failed":
+            return DeliveryFailedCommand(
+                order_id=shipment["order_id"],
+                shipment_id=shipment["shipment_id"],
+                actor=ACTOR,
+                reason=FAILURE,
             )
         return ShipmentCommand(
             order_id=shipment["order_id"], shipment_id=shipment["shipment_id"], actor=ACTOR

@@ -12,10 +12,13 @@ from pydantic import ValidationError
 
 from services.fulfillment import handlers
 from services.fulfillment.app import as_fulfillment_settings, create_service
+from services.fulfillment.domain import SlaPolicy
+from services.fulfillment.metrics import FulfillmentMetrics
 from services.fulfillment.settings import FulfillmentSettings
 from shared.consumer import UnitOfWork
 from shared.contracts.common import Address, Priority, StockLine
 from shared.contracts.envelope import new_envelope
+from shared.contracts.intake import OrderCancelRequested
 from shared.contracts.inventory import StockReserved
 from shared.ids import uuid7
 from shared.rpc import CommandRefused
@@ -61,7 +64,10 @@ async def reserved_order(
 
     async def work(uow: UnitOfWork) -> None:
         await handlers.queue_shipments(
-            uow, [env], rt.metrics, {"urgent": 2, "high": 8, "normal": 24, "low": 72}
+            uow,
+            [env],
+            FulfillmentMetrics.of(rt.metrics),
+            SlaPolicy({"urgent": 2, "high": 8, "normal": 24, "low": 72}),
         )
 
     await rt.execute(work)
@@ -93,7 +99,7 @@ async def test_an_illegal_transition_answers_409_with_the_reason(
     assert response.status == 409
     error = (await response.json())["error"]
     assert error.startswith(f"cannot deliver order {order_id}: shipment ")
-    assert error.endswith(" is queued, not shipped")
+    assert error.endswith(" is queued, not shipped or delivery_failed")
 
 
 async def test_an_unknown_order_answers_404(client: Client) -> None:
@@ -205,12 +211,127 @@ def test_common_settings_keep_their_values_and_gain_the_sla_defaults() -> None:
     assert settings.sla_hours() == {"urgent": 2.0, "high": 8.0, "normal": 24.0, "low": 72.0}
 
 
-def test_the_simulator_runs_only_when_asked() -> None:
-    assert (
-        create_service(FulfillmentSettings(database_url="sqlite+aiosqlite:///:memory:")).background
-        == []
-    )
+def test_the_simulator_runs_only_when_asked_and_the_sla_job_always() -> None:
+    off = create_service(FulfillmentSettings(database_url="sqlite+aiosqlite:///:memory:"))
+    assert [job.__name__ for job in off.background] == ["sla_job"]
     on = create_service(
         FulfillmentSettings(database_url="sqlite+aiosqlite:///:memory:", simulator=True)
     )
-    assert len(on.background) == 1
+    assert [job.__name__ for job in on.background] == ["sla_job", "run"]
+
+
+async def delivered(client: Client, order_id: str) -> None:
+    for action, body in [
+        ("pick", {}),
+        ("pack", {}),
+        ("ship", {"carrier": "SF", "tracking_number": "SF1"}),
+        ("deliver", {}),
+    ]:
+        assert (await client.post(f"/orders/{order_id}/{action}", json=body)).status == 200
+
+
+async def test_delivery_failed_over_http_and_then_delivered(
+    rt: ServiceRuntime, client: Client
+) -> None:
+    order_id = await reserved_order(rt)
+    for action, body in [
+        ("pick", {}),
+        ("pack", {}),
+        ("ship", {"carrier": "SF", "tracking_number": "SF1"}),
+    ]:
+        await client.post(f"/orders/{order_id}/{action}", json=body)
+
+    response = await client.post(
+        f"/orders/{order_id}/delivery-failed", json={"reason": "address not found"}
+    )
+
+    assert response.status == 200
+    (shipment,) = (await response.json())["shipments"]
+    assert (shipment["status"], shipment["failed_deliveries"], shipment["next_action"]) == (
+        "delivery_failed",
+        1,
+        "deliver",
+    )
+    assert (await client.post(f"/orders/{order_id}/deliver")).status == 200
+    again = await client.post(f"/orders/{order_id}/delivery-failed")
+    assert again.status == 409
+    assert "is delivered, not shipped or delivery_failed" in (await again.json())["error"]
+
+
+async def test_returns_over_http(rt: ServiceRuntime, client: Client) -> None:
+    order_id = await reserved_order(rt)
+    await delivered(client, order_id)
+
+    bad = await client.post(f"/orders/{order_id}/returns", json={"lines": [{"sku": "x"}]})
+    assert bad.status == 422
+    response = await client.post(
+        f"/orders/{order_id}/returns",
+        json={"lines": [{"sku": "TEA-001", "quantity": 1}], "reason": "broken"},
+    )
+    assert response.status == 200
+    (created,) = (await response.json())["returns"]
+    assert (created["status"], created["requested_by"], created["reason"]) == (
+        "requested",
+        "http",
+        "broken",
+    )
+    too_many = await client.post(f"/orders/{order_id}/returns", json={})
+    assert too_many.status == 409
+
+    received = await client.post(f"/orders/{order_id}/returns/receive", json={"actor": "ana"})
+
+    assert received.status == 200
+    (done,) = (await received.json())["returns"]
+    assert (done["status"], done["received_by"]) == ("received", "ana")
+    # The reservation of this order carried no prices.
+    assert done["refund_amount"] is None
+    assert "no refund event sent" in done["refund_note"]
+    assert (await client.post(f"/orders/{uuid7()}/returns/receive")).status == 404
+
+
+async def test_rpc_return_commands(rt: ServiceRuntime, client: Client) -> None:
+    order_id = await reserved_order(rt)
+    await delivered(client, order_id)
+
+    created = await rt.rpc.commands["return"]({"order_id": order_id, "actor": "cli"})
+    received = await rt.rpc.commands["receive-return"]({"order_id": order_id})
+
+    assert [r["return_id"] for r in received] == [r["return_id"] for r in created]
+    (shipment,) = await rt.rpc.commands["shipments"]({"order_id": order_id})
+    assert [r["status"] for r in shipment["returns"]] == ["received"]
+
+
+async def test_shipments_of_an_order_cancelled_before_queueing_say_so(
+    rt: ServiceRuntime, client: Client
+) -> None:
+    order_id = uuid7()
+
+    async def work(uow: UnitOfWork) -> None:
+        await handlers.cancel_orders(
+            uow,
+            [new_envelope(OrderCancelRequested(order_id=order_id, reason="oops", actor="mei"))],
+            FulfillmentMetrics.of(rt.metrics),
+        )
+
+    await rt.execute(work)
+
+    response = await client.get(f"/orders/{order_id}/shipments")
+    assert response.status == 404
+    error = (await response.json())["error"]
+    assert error.startswith(f"order {order_id} was cancelled before any shipment was queued")
+    assert error.endswith(": oops)")
+
+
+async def test_the_queue_can_be_limited_to_one_warehouse(
+    rt: ServiceRuntime, client: Client
+) -> None:
+    split = await reserved_order(rt, "WH-1", "WH-2")
+
+    body = await (await client.get("/queue?warehouse=WH-2")).json()
+
+    assert [(s["order_id"], s["warehouse"], s["next_action"]) for s in body["shipments"]] == [
+        (split, "WH-2", "pick")
+    ]
+    stats = await (await client.get("/stats")).json()
+    assert stats["shipments"] == {"queued": 2}
+    assert stats["overdue"] == 0

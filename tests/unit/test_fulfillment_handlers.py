@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import select, update
 
-from services.fulfillment import domain, handlers
+from services.fulfillment import domain, handlers, views
 from services.fulfillment.app import create_service
-from services.fulfillment.models import metadata, shipments
+from services.fulfillment.metrics import FulfillmentMetrics
+from services.fulfillment.models import metadata, orders, shipments
 from services.fulfillment.settings import FulfillmentSettings
 from services.fulfillment.simulator import WarehouseSimulator
-from shared.consumer import UnitOfWork
+from shared.consumer import UnitOfWork, run_after_commit
 from shared.contracts.common import Address, Priority, StockLine
 from shared.contracts.envelope import Envelope, new_envelope
 from shared.contracts.fulfillment import (
+    DeliveryFailedCommand,
     ShipCommand,
     ShipmentCommand,
     ShipmentDelivered,
+    ShipmentDeliveryFailed,
     ShipmentPicked,
     ShipmentQueued,
     ShipmentShipped,
@@ -39,7 +44,11 @@ ADDRESS = Address(
 
 
 def reservation(
-    *allocations: tuple[str, str, int], priority: Priority = "normal", order_id: str | None = None
+    *allocations: tuple[str, str, int],
+    priority: Priority = "normal",
+    order_id: str | None = None,
+    prices: dict[str, str] | None = None,
+    currency: str | None = None,
 ) -> Envelope:
     return new_envelope(
         StockReserved(
@@ -49,6 +58,8 @@ def reservation(
             channel="web",
             ship_to=ADDRESS,
             submitted_at=datetime.now(UTC) - timedelta(seconds=3),
+            unit_prices=None if prices is None else {k: Decimal(v) for k, v in prices.items()},
+            currency=currency or ("CNY" if prices is not None else None),
         )
     )
 
@@ -64,25 +75,36 @@ async def db() -> AsyncIterator[Database]:
 async def in_transaction(
     db: Database, work: Callable[[UnitOfWork], Awaitable[T]]
 ) -> tuple[T, UnitOfWork]:
+    """Like ``rt.execute``: one transaction, then the after-commit callbacks (metrics)."""
     async with db.transaction() as conn:
         uow = UnitOfWork(conn)
         result = await work(uow)
+    await run_after_commit(uow.after_commit)
     return result, uow
 
 
-async def queue(db: Database, *events: Envelope, sla: dict[str, float] = SLA) -> UnitOfWork:
-    metrics = ServiceMetrics("fulfillment")
+def new_metrics() -> FulfillmentMetrics:
+    return FulfillmentMetrics(ServiceMetrics("fulfillment"))
+
+
+async def queue(
+    db: Database,
+    *events: Envelope,
+    sla: dict[str, float] = SLA,
+    metrics: FulfillmentMetrics | None = None,
+) -> UnitOfWork:
+    m = metrics or new_metrics()
 
     async def work(uow: UnitOfWork) -> None:
-        await handlers.queue_shipments(uow, list(events), metrics, sla)
+        await handlers.queue_shipments(uow, list(events), m, domain.SlaPolicy(sla))
 
     return (await in_transaction(db, work))[1]
 
 
 async def command(
-    db: Database, action: str, cmd: ShipmentCommand, metrics: ServiceMetrics | None = None
+    db: Database, action: str, cmd: ShipmentCommand, metrics: FulfillmentMetrics | None = None
 ) -> tuple[list[dict[str, Any]], UnitOfWork]:
-    m = metrics or ServiceMetrics("fulfillment")
+    m = metrics or new_metrics()
 
     async def work(uow: UnitOfWork) -> list[dict[str, Any]]:
         return await handlers.run_command(uow, action, cmd, m)
@@ -184,7 +206,7 @@ async def test_the_work_queue_is_ordered_by_priority_then_deadline_then_arrival(
         )
 
     async with db.reading() as conn:
-        listed = await handlers.work_queue(conn, limit=10)
+        listed = await views.work_queue(conn, limit=10)
 
     assert [s["order_id"] for s in listed] == [
         urgent.key,
@@ -195,14 +217,14 @@ async def test_the_work_queue_is_ordered_by_priority_then_deadline_then_arrival(
         low.key,
     ]
     async with db.reading() as conn:
-        assert len(await handlers.work_queue(conn, limit=2)) == 2
+        assert len(await views.work_queue(conn, limit=2)) == 2
 
 
 async def test_commands_move_a_shipment_along_and_log_who_did_it(db: Database) -> None:
     env = reservation(("TEA-001", "WH-1", 2), priority="high")
     await queue(db, env)
     order_id = env.key
-    metrics = ServiceMetrics("fulfillment")
+    metrics = new_metrics()
 
     picked, uow = await command(
         db, "pick", ShipmentCommand(order_id=order_id, actor="ana"), metrics
@@ -241,7 +263,7 @@ async def test_commands_move_a_shipment_along_and_log_who_did_it(db: Database) -
     assert isinstance(uow.emitted[0].data, ShipmentDelivered)
 
     async with db.reading() as conn:
-        (shipment,) = await handlers.shipments_of(conn, order_id)
+        (shipment,) = await views.shipments_of(conn, order_id)
     assert shipment["status"] == "delivered"
     assert [(e["action"], e["actor"]) for e in shipment["log"]] == [
         ("queue", "system"),
@@ -252,7 +274,7 @@ async def test_commands_move_a_shipment_along_and_log_who_did_it(db: Database) -
     ]
     assert "SF123" in shipment["log"][3]["detail"]
     for stage in ("shipped", "delivered"):
-        count = metrics.registry.get_sample_value(
+        count = metrics.common.registry.get_sample_value(
             "orderflow_stage_latency_seconds_count",
             {"stage": stage, "channel": "web", "priority": "high"},
         )
@@ -271,7 +293,8 @@ async def test_an_illegal_move_is_refused_with_its_reason_and_changes_nothing(db
 
     assert (
         refused.value.reason
-        == f"cannot deliver order {env.key}: shipment {row['shipment_id']} is packed, not shipped"
+        == f"cannot deliver order {env.key}: shipment {row['shipment_id']} is packed, "
+        "not shipped or delivery_failed"
     )
     assert not isinstance(refused.value, handlers.ShipmentNotFound)
     (after,) = await rows_of(db, env.key)
@@ -307,7 +330,7 @@ async def test_an_order_counts_as_shipped_only_when_its_last_shipment_ships(db: 
     env = reservation(("TEA-001", "WH-1", 1), ("CUP-002", "WH-2", 1))
     await queue(db, env)
     wh1, wh2 = await rows_of(db, env.key)
-    metrics = ServiceMetrics("fulfillment")
+    metrics = new_metrics()
     labels = {"stage": "shipped", "channel": "web", "priority": "normal"}
     for action in ("pick", "pack"):
         await command(db, action, ShipmentCommand(order_id=env.key))
@@ -321,7 +344,8 @@ async def test_an_order_counts_as_shipped_only_when_its_last_shipment_ships(db: 
         metrics,
     )
     assert (
-        metrics.registry.get_sample_value("orderflow_stage_latency_seconds_count", labels) is None
+        metrics.common.registry.get_sample_value("orderflow_stage_latency_seconds_count", labels)
+        is None
     )
     await command(
         db,
@@ -331,7 +355,10 @@ async def test_an_order_counts_as_shipped_only_when_its_last_shipment_ships(db: 
         ),
         metrics,
     )
-    assert metrics.registry.get_sample_value("orderflow_stage_latency_seconds_count", labels) == 1
+    assert (
+        metrics.common.registry.get_sample_value("orderflow_stage_latency_seconds_count", labels)
+        == 1
+    )
 
 
 async def test_refused_commands_in_a_batch_do_not_hold_back_the_others(db: Database) -> None:
@@ -348,7 +375,7 @@ async def test_refused_commands_in_a_batch_do_not_hold_back_the_others(db: Datab
                 ShipmentCommand(order_id=ready.key),
                 ShipmentCommand(order_id=ready.key),
             ],
-            ServiceMetrics("fulfillment"),
+            new_metrics(),
         )
 
     outcomes, uow = await in_transaction(db, work)
@@ -423,3 +450,144 @@ async def test_the_simulator_waits_for_a_shipments_delay(service: Any) -> None:
 
     assert await simulator.due(datetime.now(UTC).timestamp()) == []
     assert len(await simulator.due(datetime.now(UTC).timestamp() + 121)) == 1
+
+
+async def ship_it(db: Database, order_id: str, metrics: FulfillmentMetrics | None = None) -> None:
+    for action in ("pick", "pack"):
+        await command(db, action, ShipmentCommand(order_id=order_id), metrics)
+    await command(
+        db,
+        "ship",
+        ShipCommand(order_id=order_id, carrier="SF-EXPRESS", tracking_number="SF9"),
+        metrics,
+    )
+
+
+async def test_a_failed_delivery_is_the_ship_delay_exception_and_is_retried(db: Database) -> None:
+    env = reservation(("TEA-001", "WH-1", 1))
+    await queue(db, env)
+    await ship_it(db, env.key)
+    metrics = new_metrics()
+
+    failed, uow = await command(
+        db,
+        "delivery-failed",
+        DeliveryFailedCommand(order_id=env.key, actor="sf-courier", reason="nobody at home"),
+        metrics,
+    )
+
+    assert [(s["status"], s["failed_deliveries"]) for s in failed] == [("delivery_failed", 1)]
+    (event,) = [e.data for e in uow.emitted]
+    assert isinstance(event, ShipmentDeliveryFailed)
+    assert (event.reason, event.attempt, event.carrier, event.tracking_number) == (
+        "nobody at home",
+        1,
+        "SF-EXPRESS",
+        "SF9",
+    )
+    failed, uow = await command(
+        db, "delivery-failed", DeliveryFailedCommand(order_id=env.key), metrics
+    )
+    assert failed[0]["failed_deliveries"] == 2
+    assert isinstance(uow.emitted[0].data, ShipmentDeliveryFailed)
+    assert uow.emitted[0].data.attempt == 2
+
+    delivered, uow = await command(db, "deliver", ShipmentCommand(order_id=env.key), metrics)
+
+    assert delivered[0]["status"] == "delivered"
+    assert isinstance(uow.emitted[0].data, ShipmentDelivered)
+    async with db.reading() as conn:
+        (shipment,) = await views.shipments_of(conn, env.key)
+    assert [(e["action"], e["detail"]) for e in shipment["log"][-3:]] == [
+        ("delivery-failed", "failed delivery 1: nobody at home"),
+        ("delivery-failed", "failed delivery 2: the carrier reported the delivery failed"),
+        ("deliver", None),
+    ]
+    outcomes = {
+        outcome: metrics.common.registry.get_sample_value(
+            "orderflow_fulfillment_shipments_total", {"outcome": outcome}
+        )
+        for outcome in ("delivery_failed", "delivered")
+    }
+    assert outcomes == {"delivery_failed": 2.0, "delivered": 1.0}
+
+
+async def test_time_in_each_stage_is_observed_by_priority(db: Database) -> None:
+    env = reservation(("TEA-001", "WH-1", 1), priority="urgent")
+    await queue(db, env)
+    # The shipment has waited 90 s in the queue.
+    async with db.transaction() as conn:
+        await conn.execute(
+            update(shipments)
+            .where(shipments.c.order_id == env.key)
+            .values(updated_at=shipments.c.updated_at - 90)
+        )
+    metrics = new_metrics()
+
+    await command(db, "pick", ShipmentCommand(order_id=env.key), metrics)
+
+    def sample(name: str, stage: str) -> float | None:
+        return metrics.common.registry.get_sample_value(
+            f"orderflow_fulfillment_stage_duration_seconds_{name}",
+            {"stage": stage, "priority": "urgent"},
+        )
+
+    assert sample("count", "queued") == 1
+    assert 90 <= (sample("sum", "queued") or 0) < 100
+    assert sample("count", "picked") is None
+    await command(db, "pack", ShipmentCommand(order_id=env.key), metrics)
+    assert sample("count", "picked") == 1
+
+
+async def test_a_refused_command_is_not_counted(db: Database) -> None:
+    env = reservation(("TEA-001", "WH-1", 1))
+    await queue(db, env)
+    metrics = new_metrics()
+    with pytest.raises(CommandRefused):
+        await command(db, "pack", ShipmentCommand(order_id=env.key), metrics)
+    assert (
+        metrics.common.registry.get_sample_value(
+            "orderflow_fulfillment_shipments_total", {"outcome": "packed"}
+        )
+        is None
+    )
+
+
+async def test_the_prices_of_a_reservation_are_kept_for_refunds(db: Database) -> None:
+    priced = reservation(("TEA-001", "WH-1", 2), prices={"TEA-001": "12.50"}, currency="EUR")
+    bare = reservation(("TEA-001", "WH-1", 2))
+    await queue(db, priced, bare)
+
+    async with db.reading() as conn:
+        found = {
+            r.order_id: (r.currency, r.unit_prices, r.status)
+            for r in await conn.execute(
+                select(orders).where(orders.c.order_id.in_([priced.key, bare.key]))
+            )
+        }
+    assert found == {
+        priced.key: ("EUR", b'{"TEA-001":"12.50"}', "open"),
+        bare.key: (None, None, "open"),
+    }
+
+
+async def test_the_simulator_fails_deliveries_at_its_rate_and_retries_them(service: Any) -> None:
+    rt, _ = service
+    settings = FulfillmentSettings(
+        simulator_min_delay_s=0.0, simulator_max_delay_s=0.0, simulator_failure_rate=0.5
+    )
+    envs = [reservation(("TEA-001", "WH-1", 1)) for _ in range(20)]
+    await queue(rt.db, *envs)
+    simulator = WarehouseSimulator(rt, settings, rng=random.Random(7))
+
+    for _ in range(3):
+        await simulator.tick()
+    await simulator.tick()
+    statuses = [r["status"] for e in envs for r in await rows_of(rt.db, e.key)]
+    assert {"delivered", "delivery_failed"} == set(statuses)
+    for _ in range(30):
+        if not await simulator.tick():
+            break
+    rows = [r for e in envs for r in await rows_of(rt.db, e.key)]
+    assert {r["status"] for r in rows} == {"delivered"}
+    assert sum(r["failed_deliveries"] for r in rows) >= 5
