@@ -1,59 +1,48 @@
-"""Inventory's handlers: load, decide, save, emit. Each applies a list (a batch) in one transaction.
-
-Stock rows are read ``FOR UPDATE`` in (sku, warehouse) order, one statement per batch: on
-PostgreSQL, replicas sharing a consumer then take turns on the rows they share (and always lock
-in the same order, so they cannot deadlock); SQLite has one writer anyway and ignores the clause.
+"""Inventory's event handlers: load, decide, save, emit. Each applies a list (a batch) in one
+transaction: accepted orders are reserved or backordered, cancelled orders release what they
+hold, shipped units leave, returned units come back, and backorders past their deadline expire.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, insert, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.inventory import domain
+from services.inventory.metrics import InventoryMetrics
 from services.inventory.models import (
     backorder_skus,
     backorders,
-    ledger,
+    cancellations,
     reservations,
-    stock,
-    warehouses,
+)
+from services.inventory.movements import (
+    PendingOrder,
+    StockChange,
+    insert_or_ignore,
 )
 from shared.consumer import UnitOfWork
 from shared.contracts.common import StockLine
 from shared.contracts.envelope import Envelope
-from shared.contracts.fulfillment import ShipmentShipped
+from shared.contracts.fulfillment import OrderCancelled, ReturnReceived, ShipmentShipped
 from shared.contracts.intake import OrderAccepted
 from shared.contracts.inventory import (
     BackorderExpired,
-    RestockStock,
     Shortage,
     StockBackordered,
-    StockReserved,
-    StockRestocked,
+    StockReleased,
+    StockReturned,
 )
-from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
-
-# Who wrote a ledger row that no person asked for.
-SYSTEM_ACTOR = "inventory"
-
-
-@dataclass(frozen=True, slots=True)
-class PendingOrder:
-    """An order to reserve, and the event that brought it (None when a restock retries it)."""
-
-    order: OrderAccepted
-    cause: Envelope | None = None
 
 
 # --- order accepted -> reserved | backordered ------------------------------------------------
@@ -62,147 +51,66 @@ class PendingOrder:
 async def reserve_orders(
     uow: UnitOfWork,
     events: list[Envelope],
-    metrics: ServiceMetrics,
-    backorder_hold: timedelta,
+    metrics: InventoryMetrics,
+    policy: domain.Policy,
 ) -> None:
-    """Reserve each accepted order from one warehouse, all or nothing; else backorder it."""
+    """Reserve each accepted order, all or nothing (one warehouse, else split when allowed);
+    else backorder it until its deadline."""
     pending: dict[str, PendingOrder] = {}
     for env in events:
         if isinstance(env.data, OrderAccepted) and env.data.order_id not in pending:
             pending[env.data.order_id] = PendingOrder(env.data, env)
     if not pending:
         return
-    # Defensive: an order seen before (a re-emitted event has a new id, so the inbox lets it
-    # through) keeps its first outcome.
-    for order_id in await _orders_already_decided(uow.conn, pending):
+    # An order seen before (a re-emitted event has a new id, so the inbox lets it through)
+    # keeps its first outcome; a cancelled one (its cancellation came first, on another
+    # stream) is not reserved at all.
+    for order_id in await _orders_already_seen(uow.conn, pending):
         del pending[order_id]
     if not pending:
         return
+    tally = metrics.tally(uow)
+    change = StockChange(uow, tally, policy)
     orders = list(pending.values())
-    book = await _lock_stock(uow.conn, {line.sku for p in orders for line in p.order.lines})
-    decisions = domain.allocate_in_sequence([_wanted(p.order) for p in orders], book)
-    now = datetime.now(UTC)
-    reserved = [
-        (p, d.allocations)
-        for p, d in zip(orders, decisions, strict=True)
-        if isinstance(d, domain.Reserve)
-    ]
-    waiting = [
-        (p, d.shortages)
-        for p, d in zip(orders, decisions, strict=True)
-        if isinstance(d, domain.Backorder)
-    ]
-    await _save_reservations(uow, reserved, metrics, now)
-    await _save_backorders(uow, waiting, metrics, now, now + backorder_hold)
-
-
-async def _orders_already_decided(conn: AsyncConnection, order_ids: Iterable[str]) -> set[str]:
-    ids = list(order_ids)
-    seen = set(
-        (
-            await conn.execute(
-                select(reservations.c.order_id).where(reservations.c.order_id.in_(ids)).distinct()
-            )
-        ).scalars()
-    )
-    seen.update(
-        (
-            await conn.execute(select(backorders.c.order_id).where(backorders.c.order_id.in_(ids)))
-        ).scalars()
-    )
-    return seen
-
-
-async def _lock_stock(conn: AsyncConnection, skus: Iterable[str]) -> domain.StockBook:
-    """Every stock row of these SKUs, locked, with the warehouses' preference ranks."""
-    result = await conn.execute(
-        select(stock.c.sku, stock.c.warehouse, stock.c.on_hand, stock.c.reserved, warehouses.c.rank)
-        .join(warehouses, warehouses.c.code == stock.c.warehouse)
-        .where(stock.c.sku.in_(sorted(set(skus))))
-        .order_by(stock.c.sku, stock.c.warehouse)
-        .with_for_update(of=stock)
-    )
-    levels: dict[tuple[str, str], domain.Level] = {}
-    ranks: dict[str, int] = {}
-    for sku, warehouse, on_hand, reserved, rank in result:
-        levels[(sku, warehouse)] = domain.Level(on_hand, reserved)
-        ranks[warehouse] = rank
-    return domain.StockBook(levels, ranks)
-
-
-def _wanted(order: OrderAccepted) -> dict[str, int]:
-    return domain.requested((line.sku, line.quantity) for line in order.lines)
-
-
-async def _save_reservations(
-    uow: UnitOfWork,
-    reserved: Sequence[tuple[PendingOrder, tuple[domain.Allocation, ...]]],
-    metrics: ServiceMetrics,
-    now: datetime,
-) -> None:
-    """Write what ``StockBook.hold`` decided: stock rows, reservations, ledger; emit the events."""
-    if not reserved:
-        return
-    at = now.timestamp()
-    held: dict[tuple[str, str], int] = {}
-    reservation_rows: list[dict[str, Any]] = []
-    ledger_rows: list[dict[str, Any]] = []
-    for pending, allocations in reserved:
-        order = pending.order
-        for a in allocations:
-            held[(a.sku, a.warehouse)] = held.get((a.sku, a.warehouse), 0) + a.quantity
-            reservation_rows.append(
-                {
-                    "order_id": order.order_id,
-                    "sku": a.sku,
-                    "warehouse": a.warehouse,
-                    "quantity": a.quantity,
-                    "status": "reserved",
-                    "created_at": at,
-                }
-            )
-            ledger_rows.append(
-                _ledger_row(a.sku, a.warehouse, 0, a.quantity, "reserved", order.order_id, at)
-            )
-        uow.emit(
-            StockReserved(
-                order_id=order.order_id,
-                allocations=[
-                    StockLine(sku=a.sku, warehouse=a.warehouse, quantity=a.quantity)
-                    for a in allocations
-                ],
-                priority=order.priority,
-                channel=order.channel,
-                ship_to=order.shipping_address,
-                submitted_at=order.submitted_at,
-            ),
-            cause=pending.cause,
-            correlation_id=order.order_id,
+    await change.lock({line.sku for p in orders for line in p.order.lines})
+    reserved: list[tuple[PendingOrder, domain.Reserve]] = []
+    waiting: list[tuple[PendingOrder, tuple[domain.Shortage, ...]]] = []
+    for p in orders:
+        decision = domain.allocate(
+            p.wanted(),
+            change.book,
+            country=p.order.shipping_address.country,
+            allow_split=policy.allow_split,
         )
-        metrics.count("reserved", order.channel)
-        metrics.observe_stage("reserved", order.channel, order.priority, order.submitted_at)
-    # The rows are locked, so adding to what is there is exact; the table's checks refuse an
-    # oversell should the arithmetic above ever be wrong.
-    await uow.conn.execute(
-        update(stock)
-        .where(stock.c.sku == bindparam("k_sku"))
-        .where(stock.c.warehouse == bindparam("k_wh"))
-        .values(reserved=stock.c.reserved + bindparam("d_reserved")),
-        [{"k_sku": s, "k_wh": w, "d_reserved": q} for (s, w), q in sorted(held.items())],
+        if isinstance(decision, domain.Reserve):
+            reserved.append((p, decision))
+            tally.outcomes["split" if decision.split else "reserved"] += 1
+        else:
+            waiting.append((p, decision.shortages))
+    await change.record_reservations(reserved, reason="reserved")
+    await _save_backorders(uow, waiting, change, policy)
+    await change.write()
+
+
+async def _orders_already_seen(conn: AsyncConnection, order_ids: Iterable[str]) -> set[str]:
+    ids = list(order_ids)
+    seen = union(
+        select(reservations.c.order_id).where(reservations.c.order_id.in_(ids)),
+        select(backorders.c.order_id).where(backorders.c.order_id.in_(ids)),
+        select(cancellations.c.order_id).where(cancellations.c.order_id.in_(ids)),
     )
-    await uow.conn.execute(insert(reservations), reservation_rows)
-    await uow.conn.execute(insert(ledger), ledger_rows)
+    return set((await conn.execute(seen)).scalars())
 
 
 async def _save_backorders(
     uow: UnitOfWork,
-    waiting: Sequence[tuple[PendingOrder, tuple[domain.Shortage, ...]]],
-    metrics: ServiceMetrics,
-    now: datetime,
-    deadline: datetime,
+    waiting: list[tuple[PendingOrder, tuple[domain.Shortage, ...]]],
+    change: StockChange,
+    policy: domain.Policy,
 ) -> None:
     if not waiting:
         return
+    deadline = change.now + timedelta(seconds=policy.backorder_hold_s)
     rows: list[dict[str, Any]] = []
     sku_rows: list[dict[str, Any]] = []
     for pending, shortages in waiting:
@@ -214,12 +122,15 @@ async def _save_backorders(
                 "priority": order.priority,
                 "channel": order.channel,
                 "submitted_at": order.submitted_at.timestamp(),
-                "created_at": now.timestamp(),
+                "created_at": change.at,
                 "deadline": deadline.timestamp(),
                 "status": "waiting",
             }
         )
-        sku_rows.extend({"order_id": order.order_id, "sku": sku} for sku in _wanted(order))
+        sku_rows.extend(
+            {"order_id": order.order_id, "sku": sku, "quantity": qty}
+            for sku, qty in pending.wanted().items()
+        )
         uow.emit(
             StockBackordered(
                 order_id=order.order_id,
@@ -233,153 +144,170 @@ async def _save_backorders(
             cause=pending.cause,
             correlation_id=order.order_id,
         )
-        metrics.count("backordered", order.channel)
+        change.tally.outcomes["backordered"] += 1
+        change.tally.order("backordered", order.channel)
     await uow.conn.execute(insert(backorders), rows)
     await uow.conn.execute(insert(backorder_skus), sku_rows)
 
 
-def _ledger_row(
-    sku: str,
-    warehouse: str,
-    delta_on_hand: int,
-    delta_reserved: int,
-    reason: str,
-    ref: str | None,
-    at: float,
-    actor: str = SYSTEM_ACTOR,
-) -> dict[str, Any]:
-    return {
-        "sku": sku,
-        "warehouse": warehouse,
-        "delta_on_hand": delta_on_hand,
-        "delta_reserved": delta_reserved,
-        "reason": reason,
-        "ref": ref,
-        "actor": actor[:64],
-        "at": at,
-    }
+# --- order cancelled -> released -----------------------------------------------------------------
 
 
-# --- restock -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    order_id: str
+    reason: str
+    actor: str
+    cause: Envelope | None = None
 
 
-async def restock(
-    uow: UnitOfWork, command: RestockStock, metrics: ServiceMetrics
-) -> dict[str, Any]:
-    """Add units at a warehouse, then serve the waiting backorders they make possible."""
-    now = datetime.now(UTC)
-    at = now.timestamp()
-    conn = uow.conn
-    ranks: dict[str, int] = {
-        code: rank
-        for code, rank in await conn.execute(select(warehouses.c.code, warehouses.c.rank))
-    }
-    if command.warehouse not in ranks:
-        ranks[command.warehouse] = domain.next_warehouse_rank(ranks.values())
-        await conn.execute(
-            insert(warehouses).values(
-                code=command.warehouse, rank=ranks[command.warehouse], created_at=at
+async def release_cancelled(
+    uow: UnitOfWork, events: list[Envelope], metrics: InventoryMetrics, policy: domain.Policy
+) -> None:
+    """Fulfillment cancelled these orders: release what they hold, or stop their backorder."""
+    cancelled: dict[str, Cancellation] = {}
+    for env in events:
+        if isinstance(env.data, OrderCancelled):
+            data = env.data
+            cancelled.setdefault(
+                data.order_id, Cancellation(data.order_id, data.reason, data.actor, env)
             )
-        )
-    waiting = await _waiting_backorders(conn, command.sku, at)
-    # One locking read for the restocked SKU and every SKU the waiting orders need.
-    skus = {command.sku} | {line.sku for p in waiting for line in p.order.lines}
-    book = await _lock_stock(conn, skus)
-    key = (command.sku, command.warehouse)
-    level = book.levels.get(key)
-    if level is None:
-        await conn.execute(
-            insert(stock).values(
-                sku=command.sku,
-                warehouse=command.warehouse,
-                on_hand=command.quantity,
-                reserved=0,
-                shipped=0,
-            )
-        )
-        level = domain.Level(command.quantity, 0)
-        book = domain.StockBook({**book.levels, key: level}, ranks)
-    else:
-        await conn.execute(
-            update(stock)
-            .where(stock.c.sku == command.sku, stock.c.warehouse == command.warehouse)
-            .values(on_hand=stock.c.on_hand + command.quantity)
-        )
-        level.on_hand += command.quantity
-    await conn.execute(
-        insert(ledger),
+    if not cancelled:
+        return
+    at = time.time()
+    await uow.conn.execute(
+        insert_or_ignore(uow.conn, cancellations),
         [
-            _ledger_row(
-                command.sku,
-                command.warehouse,
-                command.quantity,
-                0,
-                command.reason,
-                None,
-                at,
-                command.actor,
-            )
+            {"order_id": c.order_id, "reason": c.reason[:500], "actor": c.actor[:64], "at": at}
+            for c in cancelled.values()
         ],
     )
-    uow.emit(
-        StockRestocked(
-            sku=command.sku,
-            warehouse=command.warehouse,
-            quantity=command.quantity,
-            on_hand=level.on_hand,
-            available=level.available,
-            reason=command.reason,
-            actor=command.actor,
-        )
+    await release_orders(uow, cancelled, metrics, policy)
+
+
+async def release_orders(
+    uow: UnitOfWork,
+    cancelled: Mapping[str, Cancellation],
+    metrics: InventoryMetrics,
+    policy: domain.Policy,
+) -> None:
+    conn = uow.conn
+    ids = sorted(cancelled)
+    stopped = set(
+        (
+            await conn.execute(
+                select(backorders.c.order_id)
+                .where(backorders.c.order_id.in_(ids))
+                .where(backorders.c.status == "waiting")
+                .order_by(backorders.c.order_id)
+                .with_for_update()
+            )
+        ).scalars()
     )
-    served: list[tuple[PendingOrder, tuple[domain.Allocation, ...]]] = []
-    for pending in waiting:
-        decision = domain.allocate(_wanted(pending.order), book)
-        if isinstance(decision, domain.Reserve):
-            served.append((pending, decision.allocations))
-    await _save_reservations(uow, served, metrics, now)
-    if served:
+    if stopped:
         await conn.execute(
             update(backorders)
             .where(backorders.c.order_id == bindparam("oid"))
-            .values(status="reserved"),
-            [{"oid": p.order.order_id} for p, _ in served],
+            .values(status="cancelled"),
+            [{"oid": oid} for oid in sorted(stopped)],
         )
-    return {
-        "sku": command.sku,
-        "warehouse": command.warehouse,
-        "on_hand": level.on_hand,
-        "reserved": level.reserved,
-        "available": level.available,
-    }
+    # FOR UPDATE ... status = 'reserved' claims the rows: a replica handling a duplicate of
+    # the cancellation at the same time finds them released once it gets the lock.
+    held = (
+        await conn.execute(
+            select(
+                reservations.c.order_id,
+                reservations.c.sku,
+                reservations.c.warehouse,
+                reservations.c.quantity,
+                reservations.c.created_at,
+            )
+            .where(reservations.c.order_id.in_(ids))
+            .where(reservations.c.status == "reserved")
+            .order_by(reservations.c.order_id, reservations.c.sku, reservations.c.warehouse)
+            .with_for_update()
+        )
+    ).all()
+    if not held and not stopped:
+        return
+    tally = metrics.tally(uow)
+    change = StockChange(uow, tally, policy)
+    if held:
+        await conn.execute(
+            update(reservations)
+            .where(reservations.c.order_id == bindparam("k_oid"))
+            .where(reservations.c.sku == bindparam("k_sku"))
+            .where(reservations.c.warehouse == bindparam("k_wh"))
+            .values(status="released"),
+            [{"k_oid": r.order_id, "k_sku": r.sku, "k_wh": r.warehouse} for r in held],
+        )
+        # The released units may serve orders that wait for them.
+        await change.lock({r.sku for r in held}, serve_backorders=True)
+    released: dict[str, list[StockLine]] = {}
+    for r in held:
+        c = cancelled[r.order_id]
+        change.level(r.sku, r.warehouse).reserved -= r.quantity
+        change.log(r.sku, r.warehouse, 0, -r.quantity, "released", r.order_id, c.actor)
+        released.setdefault(r.order_id, []).append(
+            StockLine(sku=r.sku, warehouse=r.warehouse, quantity=r.quantity)
+        )
+        tally.held.append(("released", change.at - r.created_at))
+    for oid in ids:
+        if oid not in released and oid not in stopped:
+            continue
+        c = cancelled[oid]
+        uow.emit(
+            StockReleased(
+                order_id=oid,
+                released=released.get(oid, []),
+                backorder_cancelled=oid in stopped,
+                reason=c.reason,
+            ),
+            cause=c.cause,
+            correlation_id=oid,
+        )
+        tally.outcomes["released" if oid in released else "backorder_cancelled"] += 1
+    await change.serve_waiting()
+    await change.write()
 
 
-async def _waiting_backorders(conn: AsyncConnection, sku: str, now: float) -> list[PendingOrder]:
-    """Waiting backorders that need ``sku``, in the order restocked units go to them."""
-    result = await conn.execute(
-        select(
-            backorders.c.order_id,
-            backorders.c.order_doc,
-            backorders.c.priority,
-            backorders.c.created_at,
+async def release_raced_cancellations(
+    uow: UnitOfWork, metrics: InventoryMetrics, policy: domain.Policy, window_s: float = 600.0
+) -> int:
+    """Cancelled orders that still hold stock or still wait: on PostgreSQL, another replica may
+    have reserved (or backordered) an order while this one recorded its cancellation. Returns
+    how many orders were released."""
+    since = time.time() - window_s
+    raced = union(
+        select(reservations.c.order_id)
+        .join(cancellations, cancellations.c.order_id == reservations.c.order_id)
+        .where(cancellations.c.at >= since)
+        .where(reservations.c.status == "reserved"),
+        select(backorders.c.order_id)
+        .join(cancellations, cancellations.c.order_id == backorders.c.order_id)
+        .where(cancellations.c.at >= since)
+        .where(backorders.c.status == "waiting"),
+    )
+    ids = list((await uow.conn.execute(raced)).scalars())
+    if not ids:
+        return 0
+    rows = await uow.conn.execute(
+        select(cancellations.c.order_id, cancellations.c.reason, cancellations.c.actor).where(
+            cancellations.c.order_id.in_(ids)
         )
-        .join(backorder_skus, backorder_skus.c.order_id == backorders.c.order_id)
-        .where(backorder_skus.c.sku == sku)
-        .where(backorders.c.status == "waiting")
-        .where(backorders.c.deadline > now)
-        # Locked so the expiry sweep of another replica cannot expire one we are reserving.
-        .with_for_update(of=backorders)
     )
-    rows = sorted(
-        result, key=lambda r: domain.backorder_queue_key(r.priority, r.created_at, r.order_id)
-    )
-    return [PendingOrder(OrderAccepted.model_validate_json(r.order_doc)) for r in rows]
+    cancelled = {r.order_id: Cancellation(r.order_id, r.reason, r.actor) for r in rows}
+    log.warning("releasing %d cancelled orders that were reserved meanwhile", len(cancelled))
+    await release_orders(uow, cancelled, metrics, policy)
+    return len(cancelled)
 
 
 # --- shipped -> stock leaves --------------------------------------------------------------------
 
 
-async def deduct_shipped(uow: UnitOfWork, events: list[Envelope]) -> None:
+async def deduct_shipped(
+    uow: UnitOfWork, events: list[Envelope], metrics: InventoryMetrics, policy: domain.Policy
+) -> None:
     """Units left the warehouse: their reservation is fulfilled and they leave on_hand."""
     shipments = [e.data for e in events if isinstance(e.data, ShipmentShipped)]
     if not shipments:
@@ -391,20 +319,22 @@ async def deduct_shipped(uow: UnitOfWork, events: list[Envelope]) -> None:
             reservations.c.sku,
             reservations.c.warehouse,
             reservations.c.quantity,
+            reservations.c.created_at,
         )
         .where(reservations.c.order_id.in_({s.order_id for s in shipments}))
         .where(reservations.c.status == "reserved")
+        .order_by(reservations.c.order_id, reservations.c.sku, reservations.c.warehouse)
+        .with_for_update()
     )
-    held: dict[tuple[str, str, str], int] = {(r[0], r[1], r[2]): r[3] for r in result}
-    at = time.time()
-    stock_rows: list[dict[str, Any]] = []
-    shipped_keys: list[dict[str, Any]] = []
-    ledger_rows: list[dict[str, Any]] = []
+    held: dict[tuple[str, str, str], tuple[int, float]] = {
+        (r.order_id, r.sku, r.warehouse): (r.quantity, r.created_at) for r in result
+    }
+    moves: list[tuple[ShipmentShipped, StockLine, int, int]] = []
+    reserved_since: list[float] = []
     for shipment in shipments:
         for line in shipment.lines:
-            key = (shipment.order_id, line.sku, line.warehouse)
-            quantity_held = held.pop(key, None)
-            if quantity_held is None:
+            found = held.pop((shipment.order_id, line.sku, line.warehouse), None)
+            if found is None:
                 # Nothing held for it (already shipped, or never reserved here): deducting it
                 # would take units that other orders hold.
                 log.warning(
@@ -415,6 +345,7 @@ async def deduct_shipped(uow: UnitOfWork, events: list[Envelope]) -> None:
                     line.warehouse,
                 )
                 continue
+            quantity_held, reserved_at = found
             units = min(line.quantity, quantity_held)
             if line.quantity != quantity_held:
                 log.warning(
@@ -425,58 +356,165 @@ async def deduct_shipped(uow: UnitOfWork, events: list[Envelope]) -> None:
                     line.sku,
                     quantity_held,
                 )
-            stock_rows.append(
-                {
-                    "k_sku": line.sku,
-                    "k_wh": line.warehouse,
-                    "d_on_hand": units,
-                    "d_reserved": quantity_held,
-                }
-            )
-            shipped_keys.append(
-                {"k_oid": shipment.order_id, "k_sku": line.sku, "k_wh": line.warehouse}
-            )
-            ledger_rows.append(
-                _ledger_row(
-                    line.sku,
-                    line.warehouse,
-                    -units,
-                    -quantity_held,
-                    "shipped",
-                    shipment.order_id,
-                    at,
-                    shipment.actor,
-                )
-            )
-    if not stock_rows:
+            moves.append((shipment, line, units, quantity_held))
+            reserved_since.append(reserved_at)
+    if not moves:
         return
-    stock_rows.sort(key=lambda r: (r["k_sku"], r["k_wh"]))
-    await conn.execute(
-        update(stock)
-        .where(stock.c.sku == bindparam("k_sku"))
-        .where(stock.c.warehouse == bindparam("k_wh"))
-        .values(
-            on_hand=stock.c.on_hand - bindparam("d_on_hand"),
-            reserved=stock.c.reserved - bindparam("d_reserved"),
-            shipped=stock.c.shipped + bindparam("d_on_hand"),
-        ),
-        stock_rows,
+    tally = metrics.tally(uow)
+    change = StockChange(uow, tally, policy)
+    # Units held but not shipped become available, and may serve a waiting order.
+    await change.lock(
+        {line.sku for _, line, _, _ in moves},
+        serve_backorders=any(units < q for _, _, units, q in moves),
     )
+    for shipment, line, units, quantity_held in moves:
+        level = change.level(line.sku, line.warehouse)
+        level.on_hand -= units
+        level.reserved -= quantity_held
+        change.shipped[(line.sku, line.warehouse)] += units
+        change.log(
+            line.sku,
+            line.warehouse,
+            -units,
+            -quantity_held,
+            "shipped",
+            shipment.order_id,
+            shipment.actor,
+        )
+    tally.held.extend(("shipped", change.at - since) for since in reserved_since)
     await conn.execute(
         update(reservations)
         .where(reservations.c.order_id == bindparam("k_oid"))
         .where(reservations.c.sku == bindparam("k_sku"))
         .where(reservations.c.warehouse == bindparam("k_wh"))
-        .values(status="shipped"),
-        shipped_keys,
+        # What shipped is what may come back.
+        .values(status="shipped", quantity=bindparam("units")),
+        [
+            {
+                "k_oid": shipment.order_id,
+                "k_sku": line.sku,
+                "k_wh": line.warehouse,
+                "units": units,
+            }
+            for shipment, line, units, _ in moves
+        ],
     )
-    await conn.execute(insert(ledger), ledger_rows)
+    await change.serve_waiting()
+    await change.write()
+
+
+# --- return received -> stock comes back ------------------------------------------------------------
+
+
+class ShipmentNotAppliedYet(RuntimeError):
+    """A return arrived before this inventory applied the shipment it returns."""
+
+
+async def restock_returns(
+    uow: UnitOfWork, events: list[Envelope], metrics: InventoryMetrics, policy: domain.Policy
+) -> None:
+    """Returned goods are back at a warehouse: on hand again (ledger reason "return"), never
+    more than the order shipped and has not returned yet."""
+    returns = [(e, e.data) for e in events if isinstance(e.data, ReturnReceived)]
+    if not returns:
+        return
+    conn = uow.conn
+    result = await conn.execute(
+        select(
+            reservations.c.order_id,
+            reservations.c.sku,
+            reservations.c.warehouse,
+            reservations.c.quantity,
+            reservations.c.returned,
+            reservations.c.status,
+        )
+        .where(reservations.c.order_id.in_({r.order_id for _, r in returns}))
+        .where(reservations.c.status.in_(("reserved", "shipped")))
+        .order_by(reservations.c.order_id, reservations.c.sku, reservations.c.warehouse)
+        .with_for_update()
+    )
+    shipped: dict[tuple[str, str], list[domain.Shipped]] = {}
+    rows_by_key: dict[tuple[str, str, str], domain.Shipped] = {}
+    not_yet_shipped: set[tuple[str, str]] = set()
+    for r in result:
+        if r.status == "reserved":
+            not_yet_shipped.add((r.order_id, r.sku))
+            continue
+        row = domain.Shipped(r.warehouse, r.quantity, r.returned)
+        shipped.setdefault((r.order_id, r.sku), []).append(row)
+        rows_by_key[(r.order_id, r.sku, r.warehouse)] = row
+    for _, ret in returns:
+        for line in ret.lines:
+            key = (ret.order_id, line.sku)
+            if key in not_yet_shipped and key not in shipped:
+                # The shipment event is on its way (another replica has it): try again later.
+                raise ShipmentNotAppliedYet(
+                    f"return of order {ret.order_id}: {line.sku} is reserved, not yet shipped"
+                )
+    before = {k: v.returned for k, v in rows_by_key.items()}
+    outcomes: list[tuple[Envelope, ReturnReceived, list[StockLine], list[StockLine]]] = []
+    for env, ret in returns:
+        restocked: list[StockLine] = []
+        refused: list[StockLine] = []
+        for line in ret.lines:
+            taken = domain.take_back(
+                shipped.get((ret.order_id, line.sku), []), line.quantity, line.warehouse
+            )
+            if taken:
+                restocked.append(line.model_copy(update={"quantity": taken}))
+            if taken < line.quantity:
+                refused.append(line.model_copy(update={"quantity": line.quantity - taken}))
+                log.warning(
+                    "return of order %s: %d of %s more than shipped and not yet returned; "
+                    "not taken into stock",
+                    ret.order_id,
+                    line.quantity - taken,
+                    line.sku,
+                )
+        outcomes.append((env, ret, restocked, refused))
+    counted = [
+        {"k_oid": k[0], "k_sku": k[1], "k_wh": k[2], "returned": row.returned}
+        for k, row in rows_by_key.items()
+        if row.returned != before[k]
+    ]
+    if counted:
+        await conn.execute(
+            update(reservations)
+            .where(reservations.c.order_id == bindparam("k_oid"))
+            .where(reservations.c.sku == bindparam("k_sku"))
+            .where(reservations.c.warehouse == bindparam("k_wh"))
+            .values(returned=bindparam("returned")),
+            counted,
+        )
+    tally = metrics.tally(uow)
+    change = StockChange(uow, tally, policy)
+    back = [(ret, line) for _, ret, restocked, _ in outcomes for line in restocked]
+    await change.ensure((line.sku, line.warehouse) for _, line in back)
+    await change.lock({line.sku for _, line in back}, serve_backorders=True)
+    for ret, line in back:
+        change.level(line.sku, line.warehouse).on_hand += line.quantity
+        change.returned[(line.sku, line.warehouse)] += line.quantity
+        change.log(line.sku, line.warehouse, line.quantity, 0, "return", ret.order_id, ret.actor)
+    for env, ret, restocked, refused in outcomes:
+        uow.emit(
+            StockReturned(
+                order_id=ret.order_id,
+                shipment_id=ret.shipment_id,
+                restocked=restocked,
+                refused=refused,
+                actor=ret.actor,
+            ),
+            cause=env,
+            correlation_id=ret.order_id,
+        )
+    await change.serve_waiting()
+    await change.write()
 
 
 # --- backorder deadline ----------------------------------------------------------------------------
 
 
-async def expire_backorders(uow: UnitOfWork, metrics: ServiceMetrics, limit: int = 500) -> int:
+async def expire_backorders(uow: UnitOfWork, metrics: InventoryMetrics, limit: int = 500) -> int:
     """Waiting backorders past their deadline expire; returns how many did."""
     now = time.time()
     result = await uow.conn.execute(
@@ -496,6 +534,7 @@ async def expire_backorders(uow: UnitOfWork, metrics: ServiceMetrics, limit: int
     rows = result.all()
     if not rows:
         return 0
+    tally = metrics.tally(uow)
     await uow.conn.execute(
         update(backorders)
         .where(backorders.c.order_id == bindparam("oid"))
@@ -512,78 +551,6 @@ async def expire_backorders(uow: UnitOfWork, metrics: ServiceMetrics, limit: int
             ),
             correlation_id=r.order_id,
         )
-        metrics.count("backorder_expired", r.channel)
+        tally.order("backorder_expired", r.channel)
+        tally.outcomes["backorder_expired"] += 1
     return len(rows)
-
-
-# --- reads ----------------------------------------------------------------------------------------
-
-
-async def stock_levels(conn: AsyncConnection, sku: str | None = None) -> list[dict[str, Any]]:
-    query = select(stock).order_by(stock.c.sku, stock.c.warehouse)
-    if sku is not None:
-        query = query.where(stock.c.sku == sku)
-    return [
-        {
-            "sku": r.sku,
-            "warehouse": r.warehouse,
-            "on_hand": r.on_hand,
-            "reserved": r.reserved,
-            "available": r.on_hand - r.reserved,
-            "shipped": r.shipped,
-        }
-        for r in await conn.execute(query)
-    ]
-
-
-async def ledger_entries(
-    conn: AsyncConnection, sku: str, limit: int = 1000
-) -> list[dict[str, Any]]:
-    """The latest ``limit`` movements of a SKU, newest last."""
-    result = await conn.execute(
-        select(ledger).where(ledger.c.sku == sku).order_by(ledger.c.id.desc()).limit(limit)
-    )
-    entries = [
-        {
-            "id": r.id,
-            "sku": r.sku,
-            "warehouse": r.warehouse,
-            "delta_on_hand": r.delta_on_hand,
-            "delta_reserved": r.delta_reserved,
-            "reason": r.reason,
-            "ref": r.ref,
-            "actor": r.actor,
-            "at": datetime.fromtimestamp(r.at, UTC).isoformat(),
-        }
-        for r in result
-    ]
-    entries.reverse()
-    return entries
-
-
-async def inventory_stats(conn: AsyncConnection) -> dict[str, Any]:
-    by_status = {
-        status: n
-        for status, n in await conn.execute(
-            select(reservations.c.status, func.count()).group_by(reservations.c.status)
-        )
-    }
-    waiting = (
-        await conn.execute(
-            select(func.count()).select_from(backorders).where(backorders.c.status == "waiting")
-        )
-    ).scalar_one()
-    on_hand, shipped = (
-        await conn.execute(
-            select(
-                func.coalesce(func.sum(stock.c.on_hand), 0),
-                func.coalesce(func.sum(stock.c.shipped), 0),
-            )
-        )
-    ).one()
-    return {
-        "reservations": by_status,
-        "backorders_waiting": waiting,
-        "on_hand": int(on_hand),
-        "shipped": int(shipped),
-    }

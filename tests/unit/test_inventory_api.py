@@ -70,6 +70,7 @@ async def test_restock_over_http_answers_the_stock_row(client: TestClient) -> No
             "reserved": 0,
             "available": 3,
             "shipped": 0,
+            "returned": 0,
         }
     ]
     assert [(e["reason"], e["delta_on_hand"], e["actor"]) for e in entries] == [
@@ -121,4 +122,110 @@ async def test_commands_restock_list_and_refuse(service: ServiceRuntime) -> None
     with pytest.raises(CommandRefused):
         await commands["stock"]({"sku": 5})
     stats = await service.stats() if service.stats else {}
-    assert stats == {"reservations": {}, "backorders_waiting": 0, "on_hand": 4, "shipped": 0}
+    assert stats == {
+        "reservations": {},
+        "backorders_waiting": 0,
+        "skus_below_reorder_point": 0,
+        "on_hand": 4,
+        "shipped": 0,
+        "returned": 0,
+    }
+
+
+async def test_adjust_transfer_and_reorder_over_http(client: TestClient) -> None:  # type: ignore[type-arg]
+    await client.post("/stock/restock", json={"sku": "TEA-104", "quantity": 10})
+
+    adjusted = await client.post(
+        "/stock/adjust",
+        json={
+            "sku": "TEA-104",
+            "warehouse": "WH-1",
+            "delta": -3,
+            "reason": "stock take",
+            "actor": "auditor",
+        },
+    )
+    moved = await client.post(
+        "/stock/transfer",
+        json={"sku": "TEA-104", "quantity": 4, "from_warehouse": "WH-1", "to_warehouse": "WH-2"},
+    )
+    too_many = await client.post(
+        "/stock/transfer",
+        json={"sku": "TEA-104", "quantity": 9, "from_warehouse": "WH-1", "to_warehouse": "WH-2"},
+    )
+    reorder = await client.put(
+        "/stock/TEA-104/reorder", json={"reorder_point": 5, "actor": "buyer"}
+    )
+    placed = await client.put("/warehouses/WH-2", json={"rank": 1, "country": "CN"})
+
+    assert adjusted.status == 200
+    assert (await adjusted.json())["on_hand"] == 7
+    assert [(r["warehouse"], r["on_hand"]) for r in await moved.json()] == [
+        ("WH-1", 3),
+        ("WH-2", 4),
+    ]
+    assert too_many.status == 409
+    assert "only 3 of TEA-104 at WH-1" in (await too_many.json())["error"]
+    assert reorder.status == 200
+    assert (await reorder.json())["reorder_point"] == 5
+    assert await placed.json() == {"code": "WH-2", "rank": 1, "country": "CN"}
+    assert [w["code"] for w in await (await client.get("/warehouses")).json()] == ["WH-1", "WH-2"]
+    [outlook] = await (await client.get("/stock/forecast", params={"sku": "TEA-104"})).json()
+    assert (outlook["available"], outlook["reorder_point"], outlook["below_reorder_point"]) == (
+        7,
+        5,
+        False,
+    )
+    entries = await (await client.get("/stock/TEA-104/ledger", params={"limit": "2"})).json()
+    assert [(e["reason"], e["warehouse"], e["delta_on_hand"]) for e in entries] == [
+        ("transfer", "WH-1", -4),
+        ("transfer", "WH-2", 4),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fields"),
+    [
+        (
+            "/stock/adjust",
+            {"sku": "TEA-105", "warehouse": "WH-1", "delta": 0},
+            {"delta", "reason", "actor"},
+        ),
+        (
+            "/stock/transfer",
+            {"sku": "TEA-105", "quantity": 1, "from_warehouse": "WH-1", "to_warehouse": "WH-1"},
+            {"to_warehouse"},
+        ),
+        ("/stock/TEA-105/reorder", {"reorder_point": -1, "lead": 3}, {"reorder_point", "lead"}),
+    ],
+)
+async def test_invalid_commands_are_422_with_field_errors(
+    client: TestClient,  # type: ignore[type-arg]
+    path: str,
+    body: dict[str, object],
+    fields: set[str],
+) -> None:
+    send = client.put if path.endswith("/reorder") else client.post
+    resp = await send(path, json=body)
+
+    assert resp.status == 422
+    assert {e["field"] for e in (await resp.json())["errors"]} == fields
+
+
+async def test_the_gauges_and_counters_are_on_metrics(service: ServiceRuntime) -> None:
+    commands = service.rpc.commands
+    await commands["restock"]({"sku": "TEA-106", "quantity": 1})
+    await commands["adjust"](
+        {"sku": "TEA-106", "warehouse": "WH-1", "delta": -1, "reason": "lost", "actor": "me"}
+    )
+
+    text = service.metrics.exposition().decode()
+
+    assert 'orderflow_inventory_stockouts_total{warehouse="WH-1"} 1.0' in text
+    for name in (
+        "orderflow_inventory_backorders_waiting",
+        "orderflow_inventory_skus_below_reorder_point",
+        "orderflow_inventory_reservation_duration_seconds",
+        "orderflow_inventory_reservations_total",
+    ):
+        assert f"# TYPE {name}" in text
