@@ -26,6 +26,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -152,7 +153,10 @@ class BatchConsumer:
             max_deliver=self.max_deliver + 1,
             max_ack_pending=s.max_ack_pending,
             filter_subjects=list(spec.filter_subjects),
+            # A fixed deliver subject: every replica subscribes to it in the deliver group.
+            deliver_subject=f"_ORDERFLOW.deliver.{spec.name}",
         )
+        await self._declare(js, config)
         # A queue (deliver group) subscription lets N replicas share one durable consumer.
         self._sub = await js.subscribe(
             spec.filter_subjects[0],
@@ -166,6 +170,43 @@ class BatchConsumer:
             pending_bytes_limit=512 * 1024 * 1024,
         )
         self._task = asyncio.create_task(self._work(), name=f"consumer-{spec.name}")
+
+    async def _declare(self, js: JetStreamContext, config: ConsumerConfig) -> None:
+        """Create the durable consumer, or bring an existing one up to this version's config.
+
+        Binding alone would keep an old consumer's filter: a new version that consumes one more
+        event type would silently never receive it.
+        """
+        try:
+            info = await js.consumer_info(self.spec.stream, self.spec.name)
+        except NotFoundError:
+            info = None
+        if info is not None:
+            current = info.config
+            unchanged = (
+                sorted(current.filter_subjects or [current.filter_subject or ""])
+                == sorted(config.filter_subjects or [])
+                and current.max_deliver == config.max_deliver
+                and current.ack_wait == config.ack_wait
+                and current.max_ack_pending == config.max_ack_pending
+            )
+            if unchanged:
+                return
+            # Keep what cannot change on a live consumer (its deliver subject and policy).
+            config.deliver_subject = current.deliver_subject
+            config.deliver_policy = current.deliver_policy
+        try:
+            await js.add_consumer(self.spec.stream, config=config)
+            if info is not None:
+                log.info("%s: consumer config updated", self.spec.name)
+        except Exception as exc:
+            if info is None:
+                raise
+            log.warning(
+                "%s: could not update the consumer config (%s); using the existing one",
+                self.spec.name,
+                exc,
+            )
 
     async def stop(self) -> None:
         self._stopping = True

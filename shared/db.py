@@ -38,6 +38,10 @@ class Database:
 
     async def create_schema(self) -> None:
         async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Replicas starting together on a new database would race on CREATE TABLE;
+                # the lock is held until this transaction ends.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(7201864215)"))
             await conn.run_sync(self.metadata.create_all)
 
     @asynccontextmanager
