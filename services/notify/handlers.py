@@ -1,42 +1,40 @@
-"""Notify's handlers: load, decide, save, emit. Each applies a list (a batch) in one transaction,
-and hands the new notifications to the sink only once that transaction has committed."""
+"""Notify's handlers: load, decide, save. Each applies a list (a batch) in one transaction and
+stores what it decided to say with a pending delivery per sink; the sinks' workers
+(``delivery.py``) send them after the commit, so no handler ever waits for a sink."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from prometheus_client import Counter
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.notify import domain
-from services.notify.domain import Draft, Notification, Recipient
-from services.notify.models import notifications, recipients
-from services.notify.sinks import Sink
+from services.notify.delivery import Dispatcher, store_notifications
+from services.notify.domain import DeadLetter, Draft, Recipient
+from services.notify.models import alerts, recipients, rejections
 from shared.consumer import UnitOfWork
 from shared.contracts.envelope import Envelope, Event
-from shared.contracts.fulfillment import ShipmentDelivered, ShipmentShipped
+from shared.contracts.fulfillment import (
+    OrderCancelled,
+    RefundDue,
+    ReturnReceived,
+    ShipmentDelivered,
+    ShipmentShipped,
+)
 from shared.contracts.intake import OrderAccepted, OrderRejected
 from shared.contracts.inventory import StockBackordered
-from shared.contracts.notify import NotificationSent
-from shared.db import Database
-from shared.ids import uuid7
 from shared.metrics import ServiceMetrics
 
-log = logging.getLogger(__name__)
-
-PENDING = "pending"
-SENT = "sent"
-
-TEMPLATES = domain.TemplateBook.load()
-
 E = TypeVar("E", bound=Event)
+
+# Dead letters have no event id of their own that fits a notification's source id: one is
+# derived from where the dead letter sits, the same on every redelivery.
+DEAD_LETTER_NAMESPACE = uuid.UUID("6f1d3c2e-8a4b-4e0f-9c57-2b1e7d9a0f31")
 
 
 class RecipientNotYetKnown(LookupError):
@@ -44,68 +42,26 @@ class RecipientNotYetKnown(LookupError):
     on another stream, so it may simply be late: the event is retried, never dropped."""
 
 
-class Delivery:
-    """Hands committed notifications to the sink and records that it took them.
+@dataclass(frozen=True, slots=True)
+class IncomingDeadLetter:
+    """A dead-letter stream message as the dead-letter consumer hands it over."""
 
-    A batch the sink refuses (or that a crash kept from it) stays pending in the database and is
-    handed over again by ``resend_pending``: delivery is at least once, never silently lost.
-    """
+    letter_id: str
+    letter: DeadLetter
 
-    def __init__(self, db: Database, sink: Sink, metrics: ServiceMetrics) -> None:
-        self.db = db
-        self.sink = sink
-        self.delivered = Counter(
-            "orderflow_notifications_delivered_total",
-            "Notifications a sink has taken",
-            ["service", "sink"],
-            registry=metrics.registry,
-        ).labels(metrics.service, sink.name)
-        self.failures = Counter(
-            "orderflow_notification_delivery_failures_total",
-            "Batches a sink refused (they stay pending and are handed over again later)",
-            ["service", "sink"],
-            registry=metrics.registry,
-        ).labels(metrics.service, sink.name)
 
-    async def deliver(self, batch: Sequence[Notification]) -> None:
-        try:
-            await self.sink.send(batch)
-        except Exception:
-            self.failures.inc()
-            log.exception(
-                "sink %s refused %d notifications; they stay pending", self.sink.name, len(batch)
-            )
-            return
-        self.delivered.inc(len(batch))
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                update(notifications)
-                .where(notifications.c.notification_id.in_([n.notification_id for n in batch]))
-                .where(notifications.c.status == PENDING)
-                .values(status=SENT, sent_at=time.time())
-            )
+def dead_letter_id(position: str) -> str:
+    return str(uuid.uuid5(DEAD_LETTER_NAMESPACE, position))
 
-    async def resend_pending(self, older_than_s: float, limit: int = 500) -> int:
-        """Hand over again what stayed pending longer than a normal delivery takes."""
-        columns = [notifications.c[name] for name in Notification.__dataclass_fields__]
-        async with self.db.reading() as conn:
-            result = await conn.execute(
-                select(*columns)
-                .where(notifications.c.status == PENDING)
-                .where(notifications.c.sink == self.sink.name)
-                .where(notifications.c.created_at < time.time() - older_than_s)
-                .order_by(notifications.c.created_at)
-                .limit(limit)
-            )
-            batch = [Notification(**row._mapping) for row in result]
-        if batch:
-            log.info("handing %d pending notifications to %s again", len(batch), self.sink.name)
-            await self.deliver(batch)
-        return len(batch)
+
+@dataclass(frozen=True, slots=True)
+class BurstRule:
+    window_s: float
+    threshold: int
 
 
 async def order_accepted(
-    uow: UnitOfWork, events: list[Envelope], delivery: Delivery, metrics: ServiceMetrics
+    uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher, metrics: ServiceMetrics
 ) -> None:
     """Remember who to tell about the order, and confirm it to them."""
     accepted = _payloads(events, OrderAccepted)
@@ -123,7 +79,9 @@ async def order_accepted(
             rows.append(_recipient_row(domain.recipient_of(event)))
     if rows:
         await uow.conn.execute(insert(recipients), rows)
-    made = await _notify(uow, [(env, domain.confirmation(e)) for env, e in accepted], delivery)
+    made = await store_notifications(
+        uow, [(env.event_id, domain.confirmation(e)) for env, e in accepted], dispatcher
+    )
     confirmed_by = {n.source_event_id for n in made}
     confirmed = [e for env, e in accepted if env.event_id in confirmed_by]
     if confirmed:
@@ -135,29 +93,138 @@ async def order_accepted(
         uow.on_commit(observe_notified)
 
 
-async def order_rejected(uow: UnitOfWork, events: list[Envelope], delivery: Delivery) -> None:
-    """Tell the submitting channel why its order was refused."""
+async def order_rejected(
+    uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher, burst: BurstRule
+) -> None:
+    """Tell the submitting channel why its order was refused, and operations when one channel's
+    rejections pile up."""
     rejected = _payloads(events, OrderRejected)
-    await _notify(uow, [(env, domain.rejection(e)) for env, e in rejected], delivery)
+    await store_notifications(
+        uow, [(env.event_id, domain.rejection(e)) for env, e in rejected], dispatcher
+    )
+    await _watch_for_bursts(uow, rejected, dispatcher, burst)
 
 
-async def stock_backordered(uow: UnitOfWork, events: list[Envelope], delivery: Delivery) -> None:
-    await _notify_customers(uow, _payloads(events, StockBackordered), domain.delay, delivery)
+async def _watch_for_bursts(
+    uow: UnitOfWork,
+    rejected: list[tuple[Envelope, OrderRejected]],
+    dispatcher: Dispatcher,
+    burst: BurstRule,
+) -> None:
+    conn = uow.conn
+    fresh = {env.event_id: e for env, e in rejected}
+    known = set(
+        await conn.scalars(
+            select(rejections.c.source_event_id).where(rejections.c.source_event_id.in_(fresh))
+        )
+    )
+    rows: list[dict[str, Any]] = [
+        {"source_event_id": eid, "channel": e.channel, "submitted_at": e.submitted_at.timestamp()}
+        for eid, e in fresh.items()
+        if eid not in known
+    ]
+    if not rows:
+        return
+    await conn.execute(insert(rejections), rows)
+    latest: dict[str, tuple[str, OrderRejected]] = {}
+    for eid, e in fresh.items():
+        if e.channel not in latest or e.submitted_at >= latest[e.channel][1].submitted_at:
+            latest[e.channel] = (eid, e)
+    raised: list[tuple[str, Draft]] = []
+    # One count per channel in the batch: channels are few, rejections many.
+    for channel, (eid, event) in latest.items():
+        at = event.submitted_at.timestamp()
+        count = await conn.scalar(
+            select(func.count()).where(
+                rejections.c.channel == channel,
+                rejections.c.submitted_at > at - burst.window_s,
+                rejections.c.submitted_at <= at,
+            )
+        )
+        key = f"rejection_burst:{channel}"
+        last = await conn.scalar(select(alerts.c.raised_at).where(alerts.c.alert_key == key))
+        if not domain.burst_due(count or 0, burst.threshold, last, at, burst.window_s):
+            continue
+        values = {"raised_at": at, "source_event_id": eid}
+        if last is None:
+            await conn.execute(insert(alerts).values(alert_key=key, **values))
+        else:
+            await conn.execute(update(alerts).where(alerts.c.alert_key == key).values(**values))
+        raised.append(
+            (
+                eid,
+                domain.rejection_burst_alert(
+                    channel, count or 0, burst.window_s, event, dispatcher.operations_locale
+                ),
+            )
+        )
+    # Older rejections can no longer be part of any window.
+    oldest = min(r["submitted_at"] for r in rows)
+    await conn.execute(
+        delete(rejections).where(rejections.c.submitted_at < oldest - 2 * burst.window_s)
+    )
+    if raised:
+        await store_notifications(uow, raised, dispatcher)
+
+        async def count_alerts() -> None:
+            dispatcher.metrics.alert("rejection_burst", len(raised))
+
+        uow.on_commit(count_alerts)
 
 
-async def shipment_shipped(uow: UnitOfWork, events: list[Envelope], delivery: Delivery) -> None:
-    await _notify_customers(uow, _payloads(events, ShipmentShipped), domain.shipped, delivery)
+async def stock_backordered(
+    uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher
+) -> None:
+    await _notify_customers(uow, _payloads(events, StockBackordered), domain.delay, dispatcher)
 
 
-async def shipment_delivered(uow: UnitOfWork, events: list[Envelope], delivery: Delivery) -> None:
-    await _notify_customers(uow, _payloads(events, ShipmentDelivered), domain.delivered, delivery)
+async def shipment_shipped(uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher) -> None:
+    await _notify_customers(uow, _payloads(events, ShipmentShipped), domain.shipped, dispatcher)
+
+
+async def shipment_delivered(
+    uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher
+) -> None:
+    await _notify_customers(uow, _payloads(events, ShipmentDelivered), domain.delivered, dispatcher)
+
+
+async def order_cancelled(uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher) -> None:
+    await _notify_customers(uow, _payloads(events, OrderCancelled), domain.cancelled, dispatcher)
+
+
+async def return_received(uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher) -> None:
+    await _notify_customers(
+        uow, _payloads(events, ReturnReceived), domain.return_received, dispatcher
+    )
+
+
+async def refund_due(uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher) -> None:
+    await _notify_customers(uow, _payloads(events, RefundDue), domain.refund_due, dispatcher)
+
+
+async def dead_letters(
+    uow: UnitOfWork, letters: list[IncomingDeadLetter], dispatcher: Dispatcher
+) -> None:
+    """Tell operations about every message a consumer gave up on."""
+    locale = dispatcher.operations_locale
+    made = await store_notifications(
+        uow,
+        [(i.letter_id, domain.dead_letter_alert(i.letter, locale)) for i in letters],
+        dispatcher,
+    )
+    if made:
+
+        async def count_alerts() -> None:
+            dispatcher.metrics.alert("dead_letter", len(made))
+
+        uow.on_commit(count_alerts)
 
 
 async def _notify_customers(
     uow: UnitOfWork,
     items: list[tuple[Envelope, E]],
     decide: Callable[[E, Recipient], Draft],
-    delivery: Delivery,
+    dispatcher: Dispatcher,
 ) -> None:
     """Notify the customers of orders accepted earlier; their events key on the order id."""
     order_ids = {env.key for env, _ in items}
@@ -168,67 +235,9 @@ async def _notify_customers(
             f"no recipient yet for order(s) {', '.join(missing[:5])}"
             f"{' ...' if len(missing) > 5 else ''}: their order_accepted is not applied yet"
         )
-    await _notify(uow, [(env, decide(event, who[env.key])) for env, event in items], delivery)
-
-
-async def _notify(
-    uow: UnitOfWork, drafts: list[tuple[Envelope, Draft]], delivery: Delivery
-) -> list[Notification]:
-    """Render, store and announce each draft once per (event, recipient, sink); the sink gets
-    them after the commit."""
-    sink = delivery.sink.name
-    result = await uow.conn.execute(
-        select(
-            notifications.c.source_event_id, notifications.c.recipient, notifications.c.sink
-        ).where(notifications.c.source_event_id.in_({env.event_id for env, _ in drafts}))
+    await store_notifications(
+        uow, [(env.event_id, decide(event, who[env.key])) for env, event in items], dispatcher
     )
-    done: set[tuple[str, str, str]] = {(r[0], r[1], r[2]) for r in result}
-    now = time.time()
-    made: list[tuple[Envelope, Notification]] = []
-    for env, draft in drafts:
-        once = (env.event_id, draft.recipient, sink)
-        if once in done:
-            continue
-        done.add(once)
-        text = TEMPLATES.render(draft)
-        made.append(
-            (
-                env,
-                Notification(
-                    notification_id=uuid7(),
-                    source_event_id=env.event_id,
-                    order_id=env.key,
-                    template=draft.template,
-                    locale=text.locale,
-                    recipient=draft.recipient,
-                    sink=sink,
-                    subject=text.subject,
-                    body=text.body,
-                    created_at=now,
-                ),
-            )
-        )
-    if not made:
-        return []
-    await uow.conn.execute(
-        insert(notifications),
-        [{**asdict(n), "status": PENDING, "sent_at": None} for _, n in made],
-    )
-    for env, n in made:
-        uow.emit(
-            NotificationSent(
-                notification_id=n.notification_id,
-                order_id=n.order_id,
-                template=n.template,
-                recipient=n.recipient,
-                sink=n.sink,
-                source_event_id=n.source_event_id,
-            ),
-            cause=env,
-        )
-    batch = [n for _, n in made]
-    uow.on_commit(functools.partial(delivery.deliver, batch))
-    return batch
 
 
 async def _recipients(conn: AsyncConnection, order_ids: set[str]) -> dict[str, Recipient]:
@@ -251,7 +260,18 @@ async def _recipients(conn: AsyncConnection, order_ids: set[str]) -> dict[str, R
 
 
 def _recipient_row(who: Recipient) -> dict[str, Any]:
-    return {**asdict(who), "submitted_at": who.submitted_at.timestamp()}
+    # Field by field: dataclasses.asdict deep-copies, a cost on the hot path for nothing.
+    return {
+        "order_id": who.order_id,
+        "external_id": who.external_id,
+        "name": who.name,
+        "email": who.email,
+        "phone": who.phone,
+        "locale": who.locale,
+        "channel": who.channel,
+        "priority": who.priority,
+        "submitted_at": who.submitted_at.timestamp(),
+    }
 
 
 def _payloads(events: list[Envelope], kind: type[E]) -> list[tuple[Envelope, E]]:
@@ -261,45 +281,3 @@ def _payloads(events: list[Envelope], kind: type[E]) -> list[tuple[Envelope, E]]
             raise TypeError(f"{env.type} event given to the {kind.event_type} handler")
         out.append((env, env.data))
     return out
-
-
-async def notifications_of(conn: AsyncConnection, order_id: str) -> list[dict[str, Any]]:
-    """Every notification made about one order, oldest first, as the API shows them."""
-    result = await conn.execute(
-        select(
-            notifications.c.notification_id,
-            notifications.c.template,
-            notifications.c.recipient,
-            notifications.c.sink,
-            notifications.c.status,
-            notifications.c.created_at,
-            notifications.c.sent_at,
-            notifications.c.subject,
-        )
-        .where(notifications.c.order_id == order_id)
-        .order_by(notifications.c.created_at, notifications.c.notification_id)
-    )
-    return [
-        {
-            "notification_id": row.notification_id,
-            "template": row.template,
-            "recipient": row.recipient,
-            "sink": row.sink,
-            "status": row.status,
-            "created_at": _iso(row.created_at),
-            "sent_at": _iso(row.sent_at) if row.sent_at is not None else None,
-            "subject": row.subject,
-        }
-        for row in result
-    ]
-
-
-async def count_by_template(conn: AsyncConnection) -> dict[str, int]:
-    result = await conn.execute(
-        select(notifications.c.template, func.count()).group_by(notifications.c.template)
-    )
-    return {template: count for template, count in result}
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()

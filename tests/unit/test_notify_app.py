@@ -1,4 +1,4 @@
-"""Notify's wiring, without NATS: what it consumes, and its command, route and stats."""
+"""Notify's wiring, without NATS: what it consumes, and its commands, routes and stats."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from shared.rpc import CommandRefused
 from shared.settings import ServiceSettings
 
 
-def test_it_consumes_the_lifecycle_events_it_tells_people_about(tmp_path: Path) -> None:
+def test_it_consumes_the_lifecycle_events_and_dead_letters_it_tells_people_about(
+    tmp_path: Path,
+) -> None:
     rt = create_service(ServiceSettings(home=tmp_path))
 
     consumed = {
@@ -30,6 +32,15 @@ def test_it_consumes_the_lifecycle_events_it_tells_people_about(tmp_path: Path) 
         for spec in rt.consumer_specs
     }
 
+    fulfillment_types = sorted(
+        [
+            "shipment_shipped",
+            "shipment_delivered",
+            "order_cancelled",
+            "return_received",
+            "refund_due",
+        ]
+    )
     assert consumed == {
         "notify-intake": (
             streams.INTAKE.name,
@@ -45,11 +56,13 @@ def test_it_consumes_the_lifecycle_events_it_tells_people_about(tmp_path: Path) 
         ),
         "notify-fulfillment": (
             streams.FULFILLMENT.name,
-            sorted(
-                subjects.events_of(subjects.FULFILLMENT, t)
-                for t in ("shipment_shipped", "shipment_delivered")
-            ),
-            ["shipment_delivered", "shipment_shipped"],
+            sorted(subjects.events_of(subjects.FULFILLMENT, t) for t in fulfillment_types),
+            fulfillment_types,
+        ),
+        "notify-dead-letters": (
+            streams.DEAD_LETTERS.name,
+            [subjects.DEAD_LETTERS_ALL],
+            ["dead_letter"],
         ),
     }
     assert streams.NOTIFY in rt.streams and streams.DEAD_LETTERS in rt.streams
@@ -57,7 +70,7 @@ def test_it_consumes_the_lifecycle_events_it_tells_people_about(tmp_path: Path) 
     assert rt.settings.home == tmp_path
 
 
-async def test_notifications_are_served_by_command_route_and_stats(tmp_path: Path) -> None:
+async def test_notifications_are_served_by_commands_routes_and_stats(tmp_path: Path) -> None:
     rt = create_service(ServiceSettings(home=tmp_path))
     await rt.db.create_schema()
     rejected = OrderRejected(
@@ -74,25 +87,41 @@ async def test_notifications_are_served_by_command_route_and_stats(tmp_path: Pat
     await rt.execute(work)
     try:
         listed: Any = await rt.rpc.commands["notifications"]({"order_id": rejected.order_id})
+        failed: Any = await rt.rpc.commands["failed_deliveries"]({})
         with pytest.raises(CommandRefused):
             await rt.rpc.commands["notifications"]({})
+        with pytest.raises(CommandRefused, match="no delivery"):
+            await rt.rpc.commands["resend"]({"delivery_id": uuid7()})
+        with pytest.raises(CommandRefused, match="will be sent"):
+            await rt.rpc.commands["resend"](
+                {"delivery_id": listed[0]["deliveries"][0]["delivery_id"]}
+            )
         async with TestClient(TestServer(rt.http)) as client:
             response = await client.get(f"/orders/{rejected.order_id}/notifications")
             served = await response.json()
             unknown = await client.get(f"/orders/{uuid7()}/notifications")
-            stats = await (await client.get("/stats")).json()
             unknown_body = await unknown.json()
+            failed_served = await (await client.get("/deliveries/failed")).json()
+            resend_unknown = await client.post(f"/deliveries/{uuid7()}/resend")
+            stats = await (await client.get("/stats")).json()
     finally:
         await rt.db.close()
 
-    assert [n["template"] for n in listed] == ["order_rejected"]
-    assert listed[0]["recipient"] == "channel:web"
-    assert listed[0]["status"] == "sent"
+    [note] = listed
+    assert note["template"] == "order_rejected"
+    assert note["recipient"] == "channel:web"
+    [only] = note["deliveries"]
+    # Claimed at once by this process's log worker, which is not running (the service is not
+    # started): not sent, and nothing pretends otherwise.
+    assert (only["sink"], only["status"], only["attempts"]) == ("log", "sending", 1)
+    assert failed == [] and failed_served == []
     # Command replies are encoded with orjson, which takes nothing but plain str keys.
     assert orjson.loads(orjson.dumps(listed)) == listed
     assert response.status == 200 and served == listed
     assert unknown.status == 200 and unknown_body == []
-    assert stats == {"service": "notify", "notifications": {"order_rejected": 1}}
-    # The log sink got it after the commit.
-    log_lines = (tmp_path / "notifications.log").read_text(encoding="utf-8").splitlines()
-    assert len(log_lines) == 1 and rejected.order_id in log_lines[0]
+    assert resend_unknown.status == 404
+    assert stats == {
+        "service": "notify",
+        "notifications": {"order_rejected": 1},
+        "deliveries": {"log": {"sending": 1}},
+    }

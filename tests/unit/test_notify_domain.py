@@ -6,12 +6,26 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 from services.notify import domain
-from services.notify.domain import Draft, Recipient, TemplateBook
+from services.notify.domain import (
+    AttemptOutcome,
+    Draft,
+    Recipient,
+    RetryPolicy,
+    Route,
+    TemplateBook,
+)
 from shared.contracts.common import Address, Customer, FieldError, OrderLine, StockLine
-from shared.contracts.fulfillment import ShipmentDelivered, ShipmentShipped
+from shared.contracts.fulfillment import (
+    OrderCancelled,
+    RefundDue,
+    ReturnReceived,
+    ShipmentDelivered,
+    ShipmentShipped,
+)
 from shared.contracts.intake import OrderAccepted, OrderRejected
 from shared.contracts.inventory import Shortage, StockBackordered
 from shared.ids import uuid7
@@ -178,8 +192,27 @@ def test_every_template_renders_with_the_fields_its_rule_gives(locale: str) -> N
             ),
             who,
         ),
+        domain.cancelled(cancellation(order.order_id), who),
+        domain.return_received(returned(order.order_id), who),
+        domain.refund_due(refund(order.order_id), who),
+        domain.dead_letter_alert(dead_letter(), locale),
+        domain.rejection_burst_alert(
+            "web",
+            25,
+            300,
+            OrderRejected(
+                order_id=uuid7(),
+                channel="web",
+                errors=[FieldError(field="currency", reason="unknown")],
+                submitted_at=NOW,
+            ),
+            locale,
+        ),
+        failed_alert(locale),
     ]
+    assert {d.template for d in drafts} == set(domain.TEMPLATES)
     for draft in drafts:
+        assert draft is not None
         rendered = BOOK.render(Draft(draft.template, draft.recipient, locale, draft.fields))
         assert rendered.locale == locale
         assert rendered.subject and rendered.body
@@ -231,3 +264,199 @@ def test_a_shipment_gives_carrier_and_tracking_number_in_chinese() -> None:
     assert text.subject == f"您的订单 {who.external_id} 已发货"
     assert "SF-EXPRESS" in text.body
     assert "运单号：SF123456789" in text.body  # noqa: RUF001 (Chinese punctuation is full-width)
+
+
+def cancellation(order_id: str) -> OrderCancelled:
+    return OrderCancelled(order_id=order_id, reason="customer changed their mind", actor="cli")
+
+
+def returned(order_id: str) -> ReturnReceived:
+    return ReturnReceived(
+        order_id=order_id,
+        shipment_id=uuid7(),
+        lines=[StockLine(sku="TEA-001", warehouse="WH-1", quantity=2)],
+        actor="warehouse",
+    )
+
+
+def refund(order_id: str) -> RefundDue:
+    return RefundDue(
+        order_id=order_id, amount=Decimal("25.00"), currency="CNY", reason="return of 2 x TEA-001"
+    )
+
+
+def dead_letter() -> domain.DeadLetter:
+    envelope = orjson.dumps(
+        {"type": "shipment_shipped", "correlation_id": "O-123", "data": {"bad": True}}
+    )
+    return domain.dead_letter_of(
+        "orderflow.dlq.notify.notify-fulfillment",
+        {
+            "Orderflow-Error": "failed 12 times, last error: RecipientNotYetKnown()",
+            "Orderflow-Original-Subject": "orderflow.fulfillment.shipment_shipped.O-123",
+            "Orderflow-Stream": "ORDERFLOW_FULFILLMENT",
+            "Orderflow-Stream-Seq": "42",
+            "Orderflow-Consumer": "notify-fulfillment",
+            "Orderflow-Deliveries": "12",
+        },
+        envelope,
+    )
+
+
+def failed_alert(locale: str) -> Draft | None:
+    return domain.delivery_failed_alert(
+        domain.FailedDelivery(
+            delivery_id="D-1",
+            notification_id="N-1",
+            order_id="O-1",
+            template="order_shipped",
+            recipient="li.wei@example.com",
+            sink="webhook",
+            address="li.wei@example.com",
+            attempts=10,
+            error="HTTP 503",
+        ),
+        locale,
+    )
+
+
+def test_a_cancellation_gives_the_reason_in_both_languages() -> None:
+    for locale, subject, reason_line in (
+        ("en", "Your order {} is cancelled", "Reason: customer changed their mind"),
+        ("zh-CN", "您的订单 {} 已取消", "原因：customer changed their mind"),  # noqa: RUF001
+    ):
+        who = customer_of(locale)
+        text = BOOK.render(domain.cancelled(cancellation(who.order_id), who))
+        assert text.subject == subject.format(who.external_id)
+        assert reason_line in text.body
+
+
+def test_a_return_and_its_refund_are_told_with_items_and_amount() -> None:
+    who = customer_of("zh-CN")
+
+    got = BOOK.render(domain.return_received(returned(who.order_id), who))
+    owed = BOOK.render(domain.refund_due(refund(who.order_id), who))
+
+    assert got.subject == f"我们已收到订单 {who.external_id} 的退货"
+    assert "2 x TEA-001" in got.body
+    assert owed.subject == f"订单 {who.external_id} 将退款 25.00 CNY"
+    assert domain.refund_due(refund(who.order_id), who).order_id == who.order_id
+
+
+def test_a_dead_letter_alert_names_consumer_subject_error_and_order() -> None:
+    letter = dead_letter()
+
+    draft = domain.dead_letter_alert(letter, "en")
+    text = BOOK.render(draft)
+
+    assert (draft.recipient, draft.audience, draft.order_id) == (
+        "operations",
+        "operations",
+        "O-123",
+    )
+    assert text.subject == "[orderflow] Message dead-lettered by notify-fulfillment"
+    assert "orderflow.fulfillment.shipment_shipped.O-123" in text.body
+    assert "after 12 deliveries" in text.body
+    assert "RecipientNotYetKnown" in text.body
+
+
+def test_a_dead_letter_that_is_not_json_is_still_read() -> None:
+    letter = domain.dead_letter_of("orderflow.dlq.intake.x", None, b"\xff not json")
+
+    assert letter.order_id is None and letter.event_type is None
+    assert letter.error == "(no error recorded)"
+    assert BOOK.render(domain.dead_letter_alert(letter, "zh-CN")).locale == "zh-CN"
+
+
+def test_an_undeliverable_alert_raises_no_alert_of_its_own() -> None:
+    alert = failed_alert("en")
+    assert alert is not None
+    text = BOOK.render(alert)
+    assert "resend D-1" in text.body
+
+    about_an_alert = domain.FailedDelivery(
+        "D-2", "N-2", None, domain.ALERT_DELIVERY_FAILED, "operations", "log", "x", 3, "disk full"
+    )
+    assert domain.delivery_failed_alert(about_an_alert, "en") is None
+
+
+def test_a_burst_is_alerted_once_per_window() -> None:
+    window = 300.0
+
+    assert not domain.burst_due(19, 20, None, 1000.0, window)
+    assert domain.burst_due(20, 20, None, 1000.0, window)
+    # Alerted 100 s ago: the same burst goes on, no second alert.
+    assert not domain.burst_due(40, 20, 900.0, 1000.0, window)
+    # The last alert is a window old: a burst now is a new one.
+    assert domain.burst_due(20, 20, 700.0, 1000.0, window)
+
+
+def test_selectors_name_audiences_templates_all_or_none_and_refuse_typos() -> None:
+    assert domain.parse_selector("all") == {"all"}
+    assert domain.parse_selector(" none ") == frozenset()
+    assert domain.parse_selector("") == frozenset()
+    assert domain.parse_selector("customer, alert_dead_letter") == {
+        "customer",
+        "alert_dead_letter",
+    }
+    with pytest.raises(ValueError, match="order_shiped"):
+        domain.parse_selector("order_shiped")
+
+
+def test_routes_send_each_message_only_where_it_is_wanted_and_reachable() -> None:
+    routes = [
+        Route("log", "log", frozenset({"all"})),
+        Route("webhook", "webhook", frozenset({"customer"})),
+        Route("email", "email", frozenset({"all"}), operations_address="ops@example.com"),
+        Route("pager", "webhook", frozenset({"alert_dead_letter"})),
+    ]
+    who = customer_of("en")
+    by_phone = domain.recipient_of(accepted(email=None, phone="+86 138 0000 0000"))
+    shipped_note = domain.shipped(shipped(who.order_id), who)
+    phone_note = domain.shipped(shipped(by_phone.order_id), by_phone)
+    rejected_note = domain.rejection(
+        OrderRejected(order_id=uuid7(), channel="web", errors=[], submitted_at=NOW)
+    )
+    alert = domain.dead_letter_alert(dead_letter(), "en")
+
+    assert domain.deliveries_for(shipped_note, routes) == [
+        ("log", "li.wei@example.com"),
+        ("webhook", "li.wei@example.com"),
+        ("email", "li.wei@example.com"),
+    ]
+    # E-mail cannot reach a phone number or a channel; the webhook passes them on.
+    assert [s for s, _ in domain.deliveries_for(phone_note, routes)] == ["log", "webhook"]
+    assert [s for s, _ in domain.deliveries_for(rejected_note, routes)] == ["log", "webhook"]
+    assert domain.deliveries_for(alert, routes) == [
+        ("log", "operations"),
+        ("email", "ops@example.com"),
+        ("pager", "operations"),
+    ]
+    no_ops_mailbox = [Route("email", "email", frozenset({"all"}))]
+    assert domain.deliveries_for(alert, no_ops_mailbox) == []
+
+
+def test_retry_delays_double_up_to_a_cap_with_bounded_jitter() -> None:
+    policy = RetryPolicy(max_attempts=10, base_s=2.0, max_delay_s=60.0, jitter=0.2)
+
+    plain = [policy.delay(n, draw=0.5) for n in range(1, 8)]
+    assert plain == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert policy.delay(3, draw=0.0) == pytest.approx(8.0 * 0.8)
+    assert policy.delay(3, draw=0.999999) == pytest.approx(8.0 * 1.2, rel=1e-5)
+
+
+def test_a_failed_attempt_is_retried_until_the_limit_then_given_up() -> None:
+    policy = RetryPolicy(max_attempts=3, base_s=1.0, jitter=0.0)
+    failed = AttemptOutcome(ok=False, duration_s=0.1, error="HTTP 503")
+    refused = AttemptOutcome(ok=False, duration_s=0.1, error="HTTP 400", retryable=False)
+
+    first = domain.after_attempt(failed, 1, 3, policy, now=100.0, draw=0.5)
+    second = domain.after_attempt(failed, 2, 3, policy, now=100.0, draw=0.5)
+    last = domain.after_attempt(failed, 3, 3, policy, now=100.0, draw=0.5)
+
+    assert (first.action, first.retry_at) == ("retry", 101.0)
+    assert (second.action, second.retry_at) == ("retry", 102.0)
+    assert last.action == "give_up"
+    assert domain.after_attempt(refused, 1, 3, policy, 100.0, 0.5).action == "give_up"
+    ok = AttemptOutcome(ok=True, duration_s=0.1)
+    assert domain.after_attempt(ok, 3, 3, policy, 100.0, 0.5).action == "sent"
