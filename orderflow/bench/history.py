@@ -19,7 +19,7 @@ PER_ORDER_TABLES = {
     "intake": ("orders", "inbox", "outbox"),
     "inventory": ("reservations", "ledger", "inbox", "outbox"),
     "fulfillment": ("shipments", "shipment_log", "inbox", "outbox"),
-    "notify": ("recipients", "notifications", "inbox", "outbox"),
+    "notify": ("recipients", "notifications", "deliveries", "delivery_attempts", "inbox", "outbox"),
 }
 CHUNK = 20_000
 
