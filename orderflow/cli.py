@@ -8,12 +8,21 @@ import sys
 
 import nats.errors
 
-from orderflow.commands import EXIT_REFUSED, EXIT_UNREACHABLE, bench, orders, stock, system
+from orderflow.commands import (
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    bench,
+    notifications,
+    orders,
+    shipments,
+    stock,
+    system,
+)
 from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench)
+COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +29,40 @@ from shared import rpc, subjects
 from shared.embedded_nats import EmbeddedNats, free_port
 
 SERVICES = subjects.SERVICES
+# Channels that get an HTTP API key of their own, and the operators' keys (they see every order).
+KEYED_CHANNELS = (*demo.CHANNELS, "spreadsheet")
+OPERATORS = ("ops",)
+
+
+def credentials_file(home: Path) -> Path:
+    return home / "credentials.json"
+
+
+def ensure_credentials(home: Path) -> dict[str, Any]:
+    """``{"channels": {name: key}, "operators": {name: key}}`` in the home folder, readable by
+    its owner only. Keys already there are kept (channels configured with them keep working);
+    missing ones are generated."""
+    path = credentials_file(home)
+    try:
+        creds: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        creds = {}
+    changed = False
+    for section, names in (("channels", KEYED_CHANNELS), ("operators", OPERATORS)):
+        keys = creds.setdefault(section, {})
+        for name in names:
+            if name not in keys:
+                keys[name] = secrets.token_urlsafe(32)
+                changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(creds, indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    return creds
 
 
 class ServiceProcess:
@@ -82,12 +118,14 @@ class Launcher:
         self.out = out or sys.stdout
         self.nats = EmbeddedNats(self.home / "nats", log_file=self.home / "logs" / "nats.log")
         self.services: dict[str, ServiceProcess] = {}
+        self.credentials: dict[str, Any] = {}
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     async def start(self) -> dict[str, Any]:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        self.credentials = ensure_credentials(self.home)
         url = self.nats.start()
         self.say(f"nats-server (JetStream, file storage in {self.nats.store_dir}) at {url}")
         for name in SERVICES:
@@ -96,6 +134,7 @@ class Launcher:
                 **self.extra_env,
                 "ORDERFLOW_HOME": str(self.home),
                 "ORDERFLOW_NATS_URL": url,
+                "ORDERFLOW_CHANNEL_KEYS_FILE": str(credentials_file(self.home)),
                 "ORDERFLOW_HTTP_PORT": str(free_port()),
                 "ORDERFLOW_SIMULATOR": "true"
                 if (self.simulator and name == "fulfillment")
@@ -110,6 +149,7 @@ class Launcher:
         info = self.endpoints()
         write_endpoints(info, self.home)
         self.say(f"all four services ready; endpoints in {endpoints_file(self.home)}")
+        self.say(f"channel API keys in {credentials_file(self.home)}")
         for name, proc in self.services.items():
             self.say(f"  {name:<12} {proc.url}  (log: {proc.log_path})")
         return info
@@ -246,7 +286,14 @@ async def up(
                 f"demo: {len(items)} orders from {', '.join(demo.CHANNELS)} "
                 f"at {demo_rate:g}/s (some invalid, duplicate or short of stock)"
             )
-            demo_task = asyncio.create_task(demo.publish(nc.jetstream(), items, demo_rate, sent))
+            # The phone desk's tool speaks HTTP, with the phone channel's key.
+            desk = demo.HttpChannels(
+                info["services"]["intake"],
+                {"phone": launcher.credentials["channels"]["phone"]},
+            )
+            demo_task = asyncio.create_task(
+                demo.publish(nc.jetstream(), items, demo_rate, sent, desk)
+            )
         launcher.say("press Ctrl-C to stop")
         started = time.monotonic()
         async with aiohttp.ClientSession() as http:

@@ -95,6 +95,23 @@ class OrderAccepted(_OrderEvent):
     shipping_address: Address
     priority: Priority
     submitted_at: datetime = Field(description="When intake received the submission")
+    # Added in v1 as optional fields (a non-breaking change): why the order got its priority,
+    # who owns it, and whether it looks like an order already taken on another channel.
+    requested_priority: Priority | None = Field(
+        None, description="The urgency the channel asked for (priority is what the rules decided)"
+    )
+    priority_rule: str | None = Field(
+        None, description="Name of the routing rule that decided priority and owner"
+    )
+    owner: str | None = Field(
+        None, description="Who handles the order: an account manager or a service-desk queue"
+    )
+    customer_tier: str | None = Field(None, description="The customer's tier, if known")
+    suspected_duplicate_of: list[str] | None = Field(
+        None,
+        description="Orders with the same customer and lines taken within the suspect window: "
+        "accepted all the same, flagged for a person to review",
+    )
 
 
 @register
@@ -104,6 +121,13 @@ class OrderRejected(_OrderEvent):
     external_id: str | None = Field(None, description="As submitted, when it could be read")
     errors: list[FieldError] = Field(description="Every problem found, each with its field")
     submitted_at: datetime
+    # Added in v1 (optional): how a channel matches this answer to a submission it could not
+    # put an external id in, e.g. bytes that are not JSON.
+    submission: str | None = Field(
+        None,
+        description="'<stream>:<sequence>' of a JetStream submission: the sequence its PubAck "
+        "gave the channel",
+    )
 
 
 @register
@@ -132,3 +156,10 @@ class SubmissionAnswer(Contract):
     outcome: str = Field(description="accepted | rejected | duplicate")
     order_id: str
     errors: list[FieldError] = Field(default_factory=list)
+    # Set on an acceptance only (optional, added in v1).
+    priority: Priority | None = Field(None, description="The priority the rules decided")
+    priority_rule: str | None = Field(None, description="The routing rule that fired")
+    owner: str | None = Field(None, description="Who handles the order")
+    suspected_duplicate_of: list[str] | None = Field(
+        None, description="Flagged for review: orders that look like this one"
+    )

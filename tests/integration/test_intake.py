@@ -17,6 +17,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from services.intake.app import create_service
+from services.intake.settings import IntakeSettings
 from shared import streams, subjects
 from shared.contracts.envelope import Envelope
 from shared.contracts.intake import (
@@ -28,9 +29,33 @@ from shared.contracts.intake import (
 from shared.rpc import CommandRefused, call
 from shared.runtime import ServiceRuntime
 from tests.conftest import eventually, order_doc, settings_for
-from tests.integration.harness import nats_client, running, stream_envelopes
+from tests.integration.harness import nats_client, running, stream_envelopes, stream_messages
 
 SUBMISSIONS_CONSUMER = "intake-submissions"
+# Test keys, one per channel, handed to intake through its settings (never from code).
+KEYS = {
+    "web": "web-key-0123456789abcdef",
+    "wechat": "wechat-key-0123456789abcd",
+    "phone": "phone-key-0123456789abcdef",
+    "marketplace": "market-key-0123456789abcd",
+    "spreadsheet": "sheet-key-0123456789abcdef",
+}
+OPERATOR_KEY = "ops-key-0123456789abcdefgh"
+
+
+def intake_settings(
+    nats_url: str, database_url: str, tmp_path: Path, **changes: Any
+) -> IntakeSettings:
+    """Intake's settings for a test, with a credentials file as the launcher writes it."""
+    base = settings_for(nats_url, database_url, tmp_path)
+    keys_file = tmp_path / "credentials.json"
+    keys_file.write_text(json.dumps({"channels": KEYS, "operators": {"ops": OPERATOR_KEY}}))
+    return IntakeSettings(**{**base.model_dump(), "channel_keys_file": keys_file, **changes})
+
+
+def auth(channel: str = "web") -> dict[str, str]:
+    key = OPERATOR_KEY if channel == "ops" else KEYS[channel]
+    return {"Authorization": f"Bearer {key}"}
 
 
 def unique_ext(label: str) -> str:
@@ -59,7 +84,7 @@ def intake_metric(rt: ServiceRuntime, name: str, **labels: str) -> float:
 async def test_every_submission_gets_exactly_one_answer(
     nats_url: str, database_url: str, tmp_path: Path
 ) -> None:
-    rt = create_service(settings_for(nats_url, database_url, tmp_path))
+    rt = create_service(intake_settings(nats_url, database_url, tmp_path))
     first, second, third = (unique_ext("web") for _ in range(3))
     invalid = order_doc(
         unique_ext("bad"),
@@ -116,7 +141,7 @@ async def test_every_submission_gets_exactly_one_answer(
 async def test_a_redelivered_submission_gets_no_second_answer(
     nats_url: str, database_url: str, tmp_path: Path
 ) -> None:
-    settings = settings_for(nats_url, database_url, tmp_path)
+    settings = intake_settings(nats_url, database_url, tmp_path)
     async with nats_client(nats_url) as (_, js):
         async with running(create_service(settings)):
             await submit(js, order_doc(unique_ext("web")))
@@ -143,14 +168,14 @@ async def test_a_redelivered_submission_gets_no_second_answer(
 
 @pytest.fixture
 async def intake(nats_url: str, database_url: str, tmp_path: Path) -> AsyncIterator[ServiceRuntime]:
-    async with running(create_service(settings_for(nats_url, database_url, tmp_path))) as rt:
+    async with running(create_service(intake_settings(nats_url, database_url, tmp_path))) as rt:
         yield rt
 
 
-async def test_http_submission_answers(intake: ServiceRuntime) -> None:
+async def test_http_submission_answers(intake: ServiceRuntime, nats_url: str) -> None:
     base = f"http://127.0.0.1:{intake.http_port}"
     doc = order_doc(unique_ext("http"))
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth("web")) as http:
         async with http.post(f"{base}/orders", json=doc) as resp:
             assert resp.status == 202
             created = await resp.json()
@@ -193,10 +218,20 @@ async def test_http_submission_answers(intake: ServiceRuntime) -> None:
 
         async with http.post(f"{base}/orders", data=b"<order>xml?</order>") as resp:
             assert resp.status == 422
-            assert [e["field"] for e in (await resp.json())["errors"]] == ["(body)"]
+            unreadable = await resp.json()
+            assert [e["field"] for e in unreadable["errors"]] == ["(body)"]
 
         async with http.get(f"{base}/orders/{uuid.uuid4()}") as resp:
             assert resp.status == 404
+
+    # The unreadable body is kept, raw, as a dead letter beside its rejection.
+    async with nats_client(nats_url) as (_, js):
+        [letter] = await eventually(
+            lambda: stream_messages(js, streams.DEAD_LETTERS.name), what="the dead letter"
+        )
+    assert letter.data == b"<order>xml?</order>"
+    assert letter.subject == subjects.dead_letter("intake", "intake-http")
+    assert (letter.headers or {})["Orderflow-Rejection"] == unreadable["order_id"]
 
 
 async def test_concurrent_http_retries_of_one_order_get_one_acceptance(
@@ -204,7 +239,7 @@ async def test_concurrent_http_retries_of_one_order_get_one_acceptance(
 ) -> None:
     base = f"http://127.0.0.1:{intake.http_port}"
     doc = order_doc(unique_ext("retry"))
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth("web")) as http:
 
         async def post() -> tuple[int, Any]:
             async with http.post(f"{base}/orders", json=doc) as resp:
@@ -226,7 +261,7 @@ async def test_http_refuses_an_oversized_body(intake: ServiceRuntime) -> None:
         for start in range(0, len(huge), 8192):
             yield huge[start : start + 8192]
 
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth("web")) as http:
         async with http.post(f"{base}/orders", data=huge) as resp:
             assert resp.status == 413
             assert (await resp.json())["errors"][0]["field"] == "(body)"
@@ -264,6 +299,7 @@ async def test_rpc_submit_and_status(intake: ServiceRuntime, nats_url: str) -> N
         assert answer["errors"] == []
         again = await call(nc, "intake", "submit", {"channel": "phone", "order": doc})
         assert again == {"outcome": "duplicate", "order_id": answer["order_id"], "errors": []}
+        assert answer["priority"] == "normal" and answer["priority_rule"] == "as-requested"
 
         status = await call(nc, "intake", "status", {"order_id": answer["order_id"]})
         assert status["status"] == "accepted"

@@ -171,3 +171,23 @@ def test_a_currency_orderflow_does_not_price_in_is_refused() -> None:
 def test_cross_field_errors_name_their_field_and_all_are_reported() -> None:
     outcome = read(order_doc(currency="XAU", customer={"name": "Mei Lin"}, total="99.00"))
     assert fields_of(outcome) == ["currency", "customer", "total"]
+
+
+def test_a_malformed_value_is_explained_for_a_person_not_as_a_regular_expression() -> None:
+    outcome = read(
+        order_doc(
+            customer={"name": "Li Wei", "email": "li.wei@", "phone": "call me"},
+            lines=[line(sku="tea 1")],
+            shipping_address={**order_doc()["shipping_address"], "country": "China"},
+        )
+    )
+    reasons = {e.field: e.reason for e in errors_of(outcome)}
+    assert reasons == {
+        "customer.email": "'li.wei@' is not an e-mail address",
+        "customer.phone": "'call me' is not a phone number "
+        "(digits, with an optional +, spaces, dashes, brackets)",
+        "lines.0.sku": "'tea 1' is not a SKU (3-32 upper-case letters, digits and dashes, "
+        "e.g. TEA-001)",
+        "shipping_address.country": "'China' is not a two-letter ISO country code (e.g. CN)",
+    }
+    assert not any("pattern" in reason for reason in reasons.values())
