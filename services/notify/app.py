@@ -95,7 +95,10 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
             "notify-inventory",
             streams.INVENTORY,
             subjects.INVENTORY,
-            {"stock_backordered": customer(handlers.stock_backordered)},
+            {
+                "stock_backordered": customer(handlers.stock_backordered),
+                "low_stock": customer(handlers.low_stock),
+            },
         ),
         (
             "notify-fulfillment",
@@ -107,6 +110,9 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
                 "order_cancelled": customer(handlers.order_cancelled),
                 "return_received": customer(handlers.return_received),
                 "refund_due": customer(handlers.refund_due),
+                "shipment_delivery_failed": customer(handlers.delivery_failed),
+                "shipment_overdue": customer(handlers.sla_breaches),
+                "shipment_escalated": customer(handlers.sla_breaches),
             },
         ),
     ):

@@ -23,10 +23,13 @@ from shared.contracts.fulfillment import (
     RefundDue,
     ReturnReceived,
     ShipmentDelivered,
+    ShipmentDeliveryFailed,
+    ShipmentEscalated,
+    ShipmentOverdue,
     ShipmentShipped,
 )
 from shared.contracts.intake import OrderAccepted, OrderRejected
-from shared.contracts.inventory import Shortage, StockBackordered
+from shared.contracts.inventory import LowStock, Shortage, StockBackordered
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 DEFAULT_LOCALE = "en"
@@ -49,6 +52,10 @@ REFUND_DUE = "refund_due"
 ALERT_DEAD_LETTER = "alert_dead_letter"
 ALERT_REJECTION_BURST = "alert_rejection_burst"
 ALERT_DELIVERY_FAILED = "alert_delivery_failed"
+ALERT_LOW_STOCK = "alert_low_stock"
+ALERT_SHIPMENT_OVERDUE = "alert_shipment_overdue"
+ALERT_SHIPMENT_ESCALATED = "alert_shipment_escalated"
+DELIVERY_DELAYED = "delivery_delayed"
 
 AUDIENCE: dict[str, str] = {
     ORDER_CONFIRMED: CUSTOMER,
@@ -62,6 +69,10 @@ AUDIENCE: dict[str, str] = {
     ALERT_DEAD_LETTER: OPERATIONS,
     ALERT_REJECTION_BURST: OPERATIONS,
     ALERT_DELIVERY_FAILED: OPERATIONS,
+    ALERT_LOW_STOCK: OPERATIONS,
+    ALERT_SHIPMENT_OVERDUE: OPERATIONS,
+    ALERT_SHIPMENT_ESCALATED: OPERATIONS,
+    DELIVERY_DELAYED: CUSTOMER,
 }
 TEMPLATES = tuple(AUDIENCE)
 
@@ -242,6 +253,20 @@ def refund_due(event: RefundDue, who: Recipient) -> Draft:
     )
 
 
+def delivery_delayed(event: ShipmentDeliveryFailed, who: Recipient) -> Draft:
+    """The carrier could not deliver: the customer hears it will be tried again."""
+    return _to(
+        who,
+        DELIVERY_DELAYED,
+        {
+            "carrier": event.carrier or "-",
+            "tracking_number": event.tracking_number or "-",
+            "reason": event.reason,
+            "attempt": str(event.attempt),
+        },
+    )
+
+
 def _to(who: Recipient, template: str, fields: dict[str, str]) -> Draft:
     return Draft(template, who.address, who.locale, {**who.fields(), **fields}, who.order_id)
 
@@ -309,6 +334,40 @@ def dead_letter_alert(letter: DeadLetter, locale: str) -> Draft:
             "order_id": letter.order_id or "-",
         },
         letter.order_id,
+    )
+
+
+def low_stock_alert(event: LowStock, locale: str) -> Draft:
+    return Draft(
+        ALERT_LOW_STOCK,
+        OPERATIONS_RECIPIENT,
+        locale,
+        {
+            "sku": event.sku,
+            "available": str(event.available),
+            "reorder_point": str(event.reorder_point),
+        },
+    )
+
+
+def sla_alert(event: ShipmentOverdue | ShipmentEscalated, locale: str) -> Draft:
+    """Overdue (missed the SLA) or escalated (missed the second threshold): operations acts."""
+    template = (
+        ALERT_SHIPMENT_ESCALATED if isinstance(event, ShipmentEscalated) else ALERT_SHIPMENT_OVERDUE
+    )
+    return Draft(
+        template,
+        OPERATIONS_RECIPIENT,
+        locale,
+        {
+            "order_id": event.order_id,
+            "shipment_id": event.shipment_id,
+            "warehouse": event.warehouse,
+            "status": event.status,
+            "sla_deadline": event.sla_deadline.isoformat(timespec="minutes"),
+            "escalation_deadline": event.escalation_deadline.isoformat(timespec="minutes"),
+        },
+        event.order_id,
     )
 
 

@@ -24,10 +24,13 @@ from shared.contracts.fulfillment import (
     RefundDue,
     ReturnReceived,
     ShipmentDelivered,
+    ShipmentDeliveryFailed,
+    ShipmentEscalated,
+    ShipmentOverdue,
     ShipmentShipped,
 )
 from shared.contracts.intake import OrderAccepted, OrderRejected
-from shared.contracts.inventory import StockBackordered
+from shared.contracts.inventory import LowStock, StockBackordered
 from shared.metrics import ServiceMetrics
 
 E = TypeVar("E", bound=Event)
@@ -200,6 +203,49 @@ async def return_received(uow: UnitOfWork, events: list[Envelope], dispatcher: D
 
 async def refund_due(uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher) -> None:
     await _notify_customers(uow, _payloads(events, RefundDue), domain.refund_due, dispatcher)
+
+
+async def delivery_failed(uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher) -> None:
+    await _notify_customers(
+        uow, _payloads(events, ShipmentDeliveryFailed), domain.delivery_delayed, dispatcher
+    )
+
+
+async def low_stock(uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher) -> None:
+    """Tell operations a SKU fell below its reorder point (once per crossing, as sent)."""
+    locale = dispatcher.operations_locale
+    await _alert(
+        uow,
+        [
+            (env.event_id, domain.low_stock_alert(data, locale))
+            for env, data in _payloads(events, LowStock)
+        ],
+        "low_stock",
+        dispatcher,
+    )
+
+
+async def sla_breaches(uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher) -> None:
+    """Overdue and escalated shipments: operations must act before the customer notices."""
+    locale = dispatcher.operations_locale
+    drafts = [
+        (env.event_id, domain.sla_alert(env.data, locale))
+        for env in events
+        if isinstance(env.data, ShipmentOverdue | ShipmentEscalated)
+    ]
+    await _alert(uow, drafts, events[0].type.removeprefix("shipment_"), dispatcher)
+
+
+async def _alert(
+    uow: UnitOfWork, drafts: list[tuple[str, Draft]], kind: str, dispatcher: Dispatcher
+) -> None:
+    made = await store_notifications(uow, drafts, dispatcher)
+    if made:
+
+        async def count_alerts() -> None:
+            dispatcher.metrics.alert(kind, len(made))
+
+        uow.on_commit(count_alerts)
 
 
 async def dead_letters(

@@ -39,6 +39,9 @@ def test_it_consumes_the_lifecycle_events_and_dead_letters_it_tells_people_about
             "order_cancelled",
             "return_received",
             "refund_due",
+            "shipment_delivery_failed",
+            "shipment_overdue",
+            "shipment_escalated",
         ]
     )
     assert consumed == {
@@ -51,8 +54,11 @@ def test_it_consumes_the_lifecycle_events_and_dead_letters_it_tells_people_about
         ),
         "notify-inventory": (
             streams.INVENTORY.name,
-            [subjects.events_of(subjects.INVENTORY, "stock_backordered")],
-            ["stock_backordered"],
+            sorted(
+                subjects.events_of(subjects.INVENTORY, t)
+                for t in ("stock_backordered", "low_stock")
+            ),
+            ["low_stock", "stock_backordered"],
         ),
         "notify-fulfillment": (
             streams.FULFILLMENT.name,

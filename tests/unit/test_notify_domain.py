@@ -24,10 +24,13 @@ from shared.contracts.fulfillment import (
     RefundDue,
     ReturnReceived,
     ShipmentDelivered,
+    ShipmentDeliveryFailed,
+    ShipmentEscalated,
+    ShipmentOverdue,
     ShipmentShipped,
 )
 from shared.contracts.intake import OrderAccepted, OrderRejected
-from shared.contracts.inventory import Shortage, StockBackordered
+from shared.contracts.inventory import LowStock, Shortage, StockBackordered
 from shared.ids import uuid7
 
 BOOK = TemplateBook.load()
@@ -209,6 +212,37 @@ def test_every_template_renders_with_the_fields_its_rule_gives(locale: str) -> N
             locale,
         ),
         failed_alert(locale),
+        domain.delivery_delayed(
+            ShipmentDeliveryFailed(
+                order_id=order.order_id,
+                shipment_id=uuid7(),
+                warehouse="WH-1",
+                actor="carrier",
+                submitted_at=NOW,
+                carrier="SF",
+                tracking_number="SF1",
+                reason="no one home",
+                attempt=1,
+            ),
+            who,
+        ),
+        domain.low_stock_alert(LowStock(sku="TEA-001", available=2, reorder_point=5), locale),
+        *(
+            domain.sla_alert(
+                kind(
+                    order_id=order.order_id,
+                    shipment_id=uuid7(),
+                    warehouse="WH-1",
+                    actor="system",
+                    submitted_at=NOW,
+                    status="queued",
+                    sla_deadline=NOW,
+                    escalation_deadline=NOW + timedelta(hours=2),
+                ),
+                locale,
+            )
+            for kind in (ShipmentOverdue, ShipmentEscalated)
+        ),
     ]
     assert {d.template for d in drafts} == set(domain.TEMPLATES)
     for draft in drafts:

@@ -25,10 +25,13 @@ from shared.contracts.fulfillment import (
     RefundDue,
     ReturnReceived,
     ShipmentDelivered,
+    ShipmentDeliveryFailed,
+    ShipmentEscalated,
+    ShipmentOverdue,
     ShipmentShipped,
 )
 from shared.contracts.intake import OrderAccepted, OrderRejected
-from shared.contracts.inventory import Shortage, StockBackordered
+from shared.contracts.inventory import LowStock, Shortage, StockBackordered
 from shared.db import Database
 from shared.ids import uuid7
 from shared.metrics import ServiceMetrics
@@ -498,3 +501,76 @@ async def test_a_message_no_sink_can_reach_is_stored_and_counted_not_lost(
         )
         == 1
     )
+
+
+async def test_a_failed_delivery_tells_the_customer_it_is_delayed_once(
+    db: Database, dispatcher: Dispatcher, on_accepted: Handler
+) -> None:
+    order = accepted(locale="zh-CN")
+    await apply(db, on_accepted, [envelope(order)])
+    failed = envelope(
+        ShipmentDeliveryFailed(
+            order_id=order.order_id,
+            shipment_id=uuid7(),
+            warehouse="WH-1",
+            actor="carrier",
+            submitted_at=NOW,
+            carrier="SF",
+            tracking_number="SF123",
+            reason="nobody home",
+            attempt=1,
+        )
+    )
+    on_failed = bind(handlers.delivery_failed, dispatcher)
+    await apply(db, on_failed, [failed])
+    await apply(db, on_failed, [failed])
+
+    delayed = [r for r in await rows_of(db, order.order_id) if r["template"] == "delivery_delayed"]
+    assert len(delayed) == 1
+    assert "SF123" in delayed[0]["body"] and "nobody home" in delayed[0]["body"]
+    assert "派送" in delayed[0]["subject"]
+
+
+async def test_low_stock_and_sla_breaches_alert_operations_once_each(
+    db: Database, dispatcher: Dispatcher, metrics: ServiceMetrics
+) -> None:
+    low = envelope(LowStock(sku="TEA-001", available=3, reorder_point=10))
+    order_id = uuid7()
+    deadline = NOW + timedelta(hours=2)
+    sla = {
+        "order_id": order_id,
+        "shipment_id": uuid7(),
+        "warehouse": "WH-1",
+        "actor": "system",
+        "submitted_at": NOW,
+        "status": "picked",
+        "sla_deadline": NOW,
+        "escalation_deadline": deadline,
+    }
+    overdue, escalated = envelope(ShipmentOverdue(**sla)), envelope(ShipmentEscalated(**sla))
+
+    for _ in range(2):
+        await apply(db, bind(handlers.low_stock, dispatcher), [low])
+        await apply(db, bind(handlers.sla_breaches, dispatcher), [overdue])
+        await apply(db, bind(handlers.sla_breaches, dispatcher), [escalated])
+
+    async with db.reading() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(select(notifications))]
+    by_template = {r["template"]: r for r in rows}
+    assert sorted(by_template) == [
+        "alert_low_stock",
+        "alert_shipment_escalated",
+        "alert_shipment_overdue",
+    ]
+    assert len(rows) == 3
+    assert all(r["recipient"] == domain.OPERATIONS_RECIPIENT for r in rows)
+    assert "TEA-001" in by_template["alert_low_stock"]["subject"]
+    assert "reorder point of 10" in by_template["alert_low_stock"]["body"]
+    assert order_id in by_template["alert_shipment_escalated"]["subject"]
+    for kind in ("low_stock", "overdue", "escalated"):
+        assert (
+            metrics.registry.get_sample_value(
+                "orderflow_notify_alerts_total", {"service": "notify", "alert": kind}
+            )
+            == 1
+        )
