@@ -150,14 +150,22 @@ def check_invariants(system: RunningSystem, delivered: set[str]) -> None:
             "SELECT order_id, count(*) AS n FROM shipments GROUP BY order_id HAVING count(*) > 1"
         ).fetchall()
         assert per_order == []
-    # Exactly one notification per customer-facing event.
-    with system.db("notify") as db:
-        counts = collections.Counter(
-            (r["order_id"], r["template"])
-            for r in db.execute("SELECT order_id, template FROM notifications")
-        )
+    # Exactly one notification per customer-facing event. Notify may still be catching up (a
+    # killed notify's unacked messages come back after ack_wait): wait for them, then count.
+    templates = ("order_confirmed", "order_shipped", "order_delivered")
+    deadline = time.monotonic() + 90
+    while True:
+        with system.db("notify") as db:
+            counts = collections.Counter(
+                (r["order_id"], r["template"])
+                for r in db.execute("SELECT order_id, template FROM notifications")
+            )
+        missing = [(o, t) for o in delivered for t in templates if counts[(o, t)] == 0]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     for oid in delivered:
-        for template in ("order_confirmed", "order_shipped", "order_delivered"):
+        for template in templates:
             assert counts[(oid, template)] == 1, (oid, template, counts[(oid, template)])
     customer_templates = {"order_confirmed", "order_shipped", "order_delivered", "order_delayed"}
     assert max(n for (_, t), n in counts.items() if t in customer_templates) == 1
