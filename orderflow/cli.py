@@ -4,6 +4,7 @@ messages and exit codes (1 refused, 2 unreachable) instead of tracebacks."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import nats.errors
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `orderflow status X | head` should end quietly, as other command-line tools do.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
