@@ -270,7 +270,6 @@ class Counter:
 
     def __init__(self) -> None:
         self.sent = 0
-        self.http_failures = 0
 
 
 @dataclass
@@ -301,17 +300,13 @@ async def publish(
     return await _publish(js, items, rate, counter, None)
 
 
-async def _post(
-    session: aiohttp.ClientSession, http: HttpChannels, item: Submitted, counter: Counter
-) -> None:
+async def _post(session: aiohttp.ClientSession, http: HttpChannels, item: Submitted) -> None:
     headers = {"Authorization": f"Bearer {http.keys[item.channel]}"}
     try:
         async with session.post(f"{http.url}/orders", json=item.payload, headers=headers) as r:
             if r.status >= 500 or r.status in (401, 403):
-                counter.http_failures += 1
                 log.warning("demo: HTTP %s for %s: %s", r.status, item.external_id, await r.text())
     except aiohttp.ClientError as exc:
-        counter.http_failures += 1
         log.warning("demo: HTTP submission of %s failed: %s", item.external_id, exc)
 
 
@@ -330,7 +325,7 @@ async def _publish(
         if delay > 0.002:
             await asyncio.sleep(delay)
         if http is not None and item.channel in http[1].keys:
-            posts.append(asyncio.create_task(_post(http[0], http[1], item, counter)))
+            posts.append(asyncio.create_task(_post(http[0], http[1], item)))
             counter.sent += 1
             continue
         msg_id = f"{item.channel}:{item.external_id}:{i}"

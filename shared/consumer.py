@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -39,6 +39,7 @@ from shared.outbox import Outbox
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class UnitOfWork:
@@ -83,6 +84,26 @@ class Incoming:
     kind: str
     message_id: str
     body: Any
+
+
+async def in_unit_of_work(
+    db: Database, outbox: Outbox, work: Callable[[UnitOfWork], Awaitable[T]]
+) -> tuple[T, list[dict[str, Any]]]:
+    """Run ``work`` in one transaction together with its outbox rows (and the marks of rows
+    published since the last transaction); after the commit, run its on-commit callbacks.
+    Returns the work's result and the outbox rows to publish."""
+    marks = outbox.take_marks()
+    try:
+        async with db.transaction() as conn:
+            await outbox.mark(conn, marks)
+            uow = UnitOfWork(conn)
+            result = await work(uow)
+            rows = await outbox.write(conn, uow.emitted)
+    except BaseException:
+        outbox.restore_marks(marks)
+        raise
+    await run_after_commit(uow.after_commit)
+    return result, rows
 
 
 async def run_after_commit(callbacks: list[Callable[[], Awaitable[None]]]) -> None:
@@ -278,45 +299,35 @@ class BatchConsumer:
         self.outbox.publish_soon(rows)
 
     async def _apply(self, items: list[Incoming]) -> list[dict[str, Any]]:
-        marks = self.outbox.take_marks()
-        try:
-            async with self.db.transaction() as conn:
-                await self.outbox.mark(conn, marks)
-                seen = await already_applied(
-                    conn, self.inbox, self.spec.name, [i.message_id for i in items]
+        async def work(uow: UnitOfWork) -> None:
+            conn = uow.conn
+            seen = await already_applied(
+                conn, self.inbox, self.spec.name, [i.message_id for i in items]
+            )
+            fresh: list[Incoming] = []
+            for item in items:
+                if item.message_id not in seen:
+                    seen.add(item.message_id)
+                    fresh.append(item)
+            skipped = len(items) - len(fresh)
+            if skipped:
+                self.metrics.duplicates_skipped.labels(self.service, self.spec.name).inc(skipped)
+            await record_applied(conn, self.inbox, self.spec.name, [i.message_id for i in fresh])
+            # Runs of the same kind, in arrival order: a handler sees a list it can apply with a
+            # few set-based statements, and causal order across kinds is kept.
+            for kind, run in itertools.groupby(fresh, key=lambda i: i.kind):
+                handler = self.spec.handlers.get(kind)
+                if handler is None:
+                    continue
+                bodies = [i.body for i in run]
+                t0 = time.perf_counter()
+                await handler(uow, bodies)
+                self.metrics.handler_duration.labels(self.service, kind).observe(
+                    time.perf_counter() - t0
                 )
-                fresh: list[Incoming] = []
-                for item in items:
-                    if item.message_id not in seen:
-                        seen.add(item.message_id)
-                        fresh.append(item)
-                skipped = len(items) - len(fresh)
-                if skipped:
-                    self.metrics.duplicates_skipped.labels(self.service, self.spec.name).inc(
-                        skipped
-                    )
-                await record_applied(
-                    conn, self.inbox, self.spec.name, [i.message_id for i in fresh]
-                )
-                uow = UnitOfWork(conn)
-                # Runs of the same kind, in arrival order: a handler sees a list it can apply
-                # with a few set-based statements, and causal order across kinds is kept.
-                for kind, run in itertools.groupby(fresh, key=lambda i: i.kind):
-                    handler = self.spec.handlers.get(kind)
-                    if handler is None:
-                        continue
-                    bodies = [i.body for i in run]
-                    t0 = time.perf_counter()
-                    await handler(uow, bodies)
-                    self.metrics.handler_duration.labels(self.service, kind).observe(
-                        time.perf_counter() - t0
-                    )
-                    self.metrics.events_processed.labels(self.service, kind).inc(len(bodies))
-                rows = await self.outbox.write(conn, uow.emitted)
-        except BaseException:
-            self.outbox.restore_marks(marks)
-            raise
-        await run_after_commit(uow.after_commit)
+                self.metrics.events_processed.labels(self.service, kind).inc(len(bodies))
+
+        _, rows = await in_unit_of_work(self.db, self.outbox, work)
         return rows
 
     async def _failed(self, msg: Msg, exc: BaseException) -> None:

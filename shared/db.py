@@ -13,9 +13,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import BigInteger, Column, Integer, MetaData, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+def serial_id(name: str = "id") -> Column[int]:
+    """An auto-numbered primary key: BIGINT on PostgreSQL, INTEGER on SQLite (which only
+    auto-numbers an INTEGER PRIMARY KEY)."""
+    return Column(
+        name, BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
 
 
 class Database:

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import MetaData
 
 from shared import streams as stream_specs
-from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, run_after_commit
+from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, in_unit_of_work
 from shared.db import Database
 from shared.metrics import ServiceMetrics
 from shared.outbox import Outbox
@@ -124,17 +124,7 @@ class ServiceRuntime:
 
     async def execute(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run a command in one transaction with its outbox rows, then publish them."""
-        marks = self.outbox.take_marks()
-        try:
-            async with self.db.transaction() as conn:
-                await self.outbox.mark(conn, marks)
-                uow = UnitOfWork(conn)
-                result = await work(uow)
-                rows = await self.outbox.write(conn, uow.emitted)
-        except BaseException:
-            self.outbox.restore_marks(marks)
-            raise
-        await run_after_commit(uow.after_commit)
+        result, rows = await in_unit_of_work(self.db, self.outbox, work)
         self.outbox.publish_soon(rows)
         return result
 

@@ -31,14 +31,6 @@ FULFILLMENT = StreamSpec("ORDERFLOW_FULFILLMENT", (subjects.all_events_of(subjec
 NOTIFY = StreamSpec("ORDERFLOW_NOTIFY", (subjects.all_events_of(subjects.NOTIFY),))
 DEAD_LETTERS = StreamSpec("ORDERFLOW_DEADLETTER", (subjects.DEAD_LETTERS_ALL,), 90 * 24 * 3600)
 
-EVENTS_OF = {
-    subjects.INTAKE: INTAKE,
-    subjects.INVENTORY: INVENTORY,
-    subjects.FULFILLMENT: FULFILLMENT,
-    subjects.NOTIFY: NOTIFY,
-}
-ALL = (SUBMISSIONS, INTAKE, INVENTORY, FULFILLMENT, NOTIFY, DEAD_LETTERS)
-
 
 def stream_config(spec: StreamSpec, settings: ServiceSettings) -> StreamConfig:
     return StreamConfig(

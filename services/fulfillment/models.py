@@ -4,7 +4,6 @@ queue), the log of who did what to them, and returns."""
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger,
     Column,
     Float,
     Index,
@@ -17,6 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from shared.db import serial_id
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
@@ -80,10 +80,7 @@ shipments = Table(
 shipment_log = Table(
     "shipment_log",
     metadata,
-    # BIGINT on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
+    serial_id(),
     Column("shipment_id", String(36), nullable=False),
     Column("order_id", String(64), nullable=False),
     Column("action", String(24), nullable=False),

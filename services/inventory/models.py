@@ -4,7 +4,6 @@ per-SKU reorder settings and cancelled orders."""
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -17,6 +16,7 @@ from sqlalchemy import (
     Table,
 )
 
+from shared.db import serial_id
 from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
@@ -96,10 +96,7 @@ backorder_skus = Table(
 ledger = Table(
     "ledger",
     metadata,
-    # SQLite only autoincrements an INTEGER PRIMARY KEY.
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
+    serial_id(),
     Column("sku", String(32), nullable=False),
     Column("warehouse", String(16), nullable=False),
     Column("delta_on_hand", Integer, nullable=False),
