@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 
 import nats.errors
 
@@ -42,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # `orderflow status X | head` should end quietly, as other command-line tools do.
-    if hasattr(signal, "SIGPIPE"):
+    # `orderflow status X | head` should end quietly, as other command-line tools do. Only the
+    # main thread may set a signal handler (tests call main() from worker threads).
+    if hasattr(signal, "SIGPIPE") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
