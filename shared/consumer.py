@@ -31,7 +31,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import subjects
-from shared.contracts.envelope import Envelope, Event, decode_envelope, new_envelope
+from shared.contracts.envelope import Envelope, Event, decode_envelope, decode_header, new_envelope
 from shared.db import Database
 from shared.inbox import already_applied, record_applied
 from shared.metrics import ServiceMetrics
@@ -117,6 +117,13 @@ async def run_after_commit(callbacks: list[Callable[[], Awaitable[None]]]) -> No
 def decode_event(msg: Msg) -> Incoming:
     env = decode_envelope(msg.data)
     return Incoming(env.type, env.event_id, env)
+
+
+def decode_event_header(msg: Msg) -> Incoming:
+    """For handlers that read only the envelope (type, key, time): the payload is not validated,
+    a third of the cost of ``decode_event``."""
+    header = decode_header(msg.data)
+    return Incoming(header.type, header.event_id, header)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from services.intake.models import metadata
 from services.intake.routing import Router, RoutingError
 from services.intake.settings import IntakeSettings
 from shared import streams, subjects
-from shared.consumer import ConsumerSpec, Incoming, UnitOfWork, decode_event
+from shared.consumer import ConsumerSpec, Incoming, UnitOfWork, decode_event_header
 from shared.contracts.intake import SubmissionAnswer
 from shared.rpc import CommandRefused
 from shared.runtime import ServiceRuntime, StartupError
@@ -182,7 +182,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
                 for t in ("stock_reserved", "stock_backordered")
             ],
             handlers={t: handlers.record_progress for t in ("stock_reserved", "stock_backordered")},
-            decode=decode_event,
+            decode=decode_event_header,
         )
     )
     shipment_types = [t for t in handlers.PROGRESS if t.startswith("shipment_")]
@@ -192,6 +192,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
             stream=streams.FULFILLMENT.name,
             filter_subjects=[subjects.events_of(subjects.FULFILLMENT, t) for t in shipment_types],
             handlers=dict.fromkeys(shipment_types, handlers.record_progress),
+            decode=decode_event_header,
         )
     )
     # A consumer of its own (not more filters on the shipment view's): an existing durable
