@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -26,6 +27,7 @@ from shared import streams as stream_specs
 from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, in_unit_of_work
 from shared.db import Database
 from shared.metrics import ServiceMetrics
+from shared.migrations import MigrationError, upgrade
 from shared.outbox import Outbox
 from shared.rpc import RpcServer
 from shared.settings import ServiceSettings
@@ -95,8 +97,11 @@ class ServiceRuntime:
         settings: ServiceSettings,
         metadata: MetaData,
         streams: tuple[stream_specs.StreamSpec, ...],
+        migrations: Path | None = None,
     ) -> None:
         self.name = name
+        # The service's Alembic revisions; without them (tests' ad-hoc services) create_all.
+        self.migrations = migrations
         self.settings = settings
         self.metrics = ServiceMetrics(name)
         self.db = Database(settings.database_url_for(name), metadata)
@@ -136,7 +141,12 @@ class ServiceRuntime:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         try:
-            await self.db.create_schema()
+            if self.migrations is not None:
+                await upgrade(self.db, self.name, self.migrations)
+            else:
+                await self.db.create_schema()
+        except MigrationError as exc:
+            raise StartupError(str(exc)) from exc
         except Exception as exc:
             raise StartupError(f"cannot open the database {self.db.url!r}: {exc}") from exc
         self.nc = await connect_nats(self.settings.nats_url, f"orderflow-{self.name}")

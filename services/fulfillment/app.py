@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.fulfillment import domain, handlers, returns, views
 from services.fulfillment.metrics import FulfillmentMetrics
-from services.fulfillment.models import metadata
+from services.fulfillment.models import MIGRATIONS, metadata
 from services.fulfillment.settings import FulfillmentSettings
 from services.fulfillment.simulator import WarehouseSimulator
 from shared import streams, subjects
@@ -47,6 +47,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         SERVICE,
         settings,
         metadata,
+        migrations=MIGRATIONS,
         streams=(streams.INTAKE, streams.INVENTORY, streams.FULFILLMENT, streams.DEAD_LETTERS),
     )
     metrics = FulfillmentMetrics.of(rt.metrics)

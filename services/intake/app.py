@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from services.intake import domain, handlers, http_api
 from services.intake.auth import ApiKeys, KeysError
 from services.intake.metrics import IntakeMetrics
-from services.intake.models import metadata
+from services.intake.models import MIGRATIONS, metadata
 from services.intake.routing import Router, RoutingError
 from services.intake.settings import IntakeSettings
 from shared import streams, subjects
@@ -151,6 +151,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         SERVICE,
         settings,
         metadata,
+        migrations=MIGRATIONS,
         streams=(
             streams.SUBMISSIONS,
             streams.INTAKE,

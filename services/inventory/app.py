@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.inventory import commands, domain, handlers, queries
 from services.inventory.metrics import InventoryMetrics
-from services.inventory.models import metadata
+from services.inventory.models import MIGRATIONS, metadata
 from services.inventory.settings import InventorySettings
 from shared import streams, subjects
 from shared.consumer import ConsumerSpec, UnitOfWork
@@ -45,6 +45,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         SERVICE,
         settings,
         metadata,
+        migrations=MIGRATIONS,
         streams=(streams.INTAKE, streams.INVENTORY, streams.FULFILLMENT, streams.DEAD_LETTERS),
     )
     metrics = InventoryMetrics(rt.metrics)

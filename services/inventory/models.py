@@ -3,6 +3,8 @@ per-SKU reorder settings and cancelled orders."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
@@ -21,6 +23,8 @@ from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
 metadata = MetaData()
+# Its versioned changes (Alembic), applied at start-up: shared/migrations.py.
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 warehouses = Table(
     "warehouses",

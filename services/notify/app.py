@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 
 from services.notify import delivery, domain, handlers
 from services.notify.delivery import Dispatcher, NotifyMetrics, ResendRefused, UnknownDelivery
-from services.notify.models import metadata
+from services.notify.models import MIGRATIONS, metadata
 from services.notify.settings import NotifySettings
 from services.notify.sinks import build_sinks
 from shared import streams, subjects
@@ -51,6 +51,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         SERVICE,
         settings,
         metadata,
+        migrations=MIGRATIONS,
         streams=(
             streams.INTAKE,
             streams.INVENTORY,
