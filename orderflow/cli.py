@@ -10,6 +10,7 @@ import threading
 
 import nats.errors
 
+from orderflow import endpoints
 from orderflow.commands import (
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
             "./var/endpoints.json) or ORDERFLOW_NATS_URL."
         ),
     )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="operator token to act with (default: ORDERFLOW_TOKEN, else the admin token in "
+        "$ORDERFLOW_HOME/credentials.json)",
+    )
     sub = parser.add_subparsers(metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
+    endpoints.use_token(args.token)
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_UNREACHABLE

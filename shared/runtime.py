@@ -28,6 +28,7 @@ from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, in_unit_of_
 from shared.db import Database
 from shared.metrics import ServiceMetrics
 from shared.migrations import MigrationError, upgrade
+from shared.operators import Operators, OperatorsError
 from shared.outbox import Outbox
 from shared.rpc import RpcServer
 from shared.settings import ServiceSettings
@@ -108,7 +109,11 @@ class ServiceRuntime:
         self.outbox = Outbox(metadata.tables["outbox"], self.metrics)
         self.inbox = metadata.tables["inbox"]
         self.streams = streams
-        self.rpc = RpcServer(name)
+        try:
+            self.operators = Operators.configured(settings.operators, [settings.operators_path()])
+        except OperatorsError as exc:
+            raise StartupError(str(exc)) from exc
+        self.rpc = RpcServer(name, self.operators)
         self.http = web.Application()
         self.http_port: int | None = None
         self.consumer_specs: list[ConsumerSpec] = []

@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     restock.add_argument("quantity", type=int)
     restock.add_argument("--warehouse", default="WH-1")
     restock.add_argument("--reason", default="restock")
-    restock.add_argument("--actor", default="cli")
+    restock.add_argument("--actor", default=None, help="for whom (recorded beside the operator)")
     add_json_flag(restock)
     restock.set_defaults(func=cmd_restock)
 
