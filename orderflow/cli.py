@@ -15,6 +15,7 @@ from orderflow.commands import (
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     bench,
+    contracts,
     migrate,
     notifications,
     orders,
@@ -26,7 +27,7 @@ from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, migrate)
+COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, migrate, contracts)
 
 
 def build_parser() -> argparse.ArgumentParser:
