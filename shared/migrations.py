@@ -3,7 +3,9 @@
 Each service keeps its revisions in ``services/<name>/migrations/versions``; its ``env.py`` hands
 the service's metadata to ``run_environment``. The first revision of every service is the schema
 ``create_all`` used to make, and creates only the tables that are missing: a database made before
-migrations existed is adopted (its tables and rows kept, the revision recorded), not broken.
+migrations existed is adopted (its tables and rows kept, the revision recorded), not broken. One
+whose tables already match the newest models (``create_all`` of this version) is stamped as the
+newest revision.
 
 Replicas starting together on PostgreSQL take an advisory lock for the whole migration, which
 runs in one transaction (PostgreSQL's DDL is transactional): one replica migrates, the others
@@ -18,8 +20,10 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -83,12 +87,16 @@ async def upgrade(
     async with db.engine.begin() as conn:
         if not db.is_sqlite:
             await conn.execute(text(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})"))
-        result: MigrationResult = await conn.run_sync(_upgrade, service, location, target)
+        result: MigrationResult = await conn.run_sync(
+            _upgrade, service, location, target, db.metadata
+        )
     log.info("%s", result.describe())
     return result
 
 
-def _upgrade(conn: Connection, service: str, location: Path, target: str) -> MigrationResult:
+def _upgrade(
+    conn: Connection, service: str, location: Path, target: str, metadata: MetaData
+) -> MigrationResult:
     cfg = config_for(location, conn)
     script = ScriptDirectory.from_config(cfg)
     head = head_of(location)
@@ -97,14 +105,27 @@ def _upgrade(conn: Connection, service: str, location: Path, target: str) -> Mig
         return MigrationResult(service, before, before, head, ahead=True)
     existing = set(inspect(conn).get_table_names()) - {VERSION_TABLE}
     adopted = before is None and bool(existing)
-    if adopted:
-        log.info("%s: adopting the existing tables %s", service, ", ".join(sorted(existing)))
     try:
-        command.upgrade(cfg, target)
+        if adopted and target == "head" and not differences(conn, metadata):
+            # create_all made exactly today's schema: record it as the newest revision.
+            log.info("%s: adopting the existing schema as revision %s", service, head)
+            command.stamp(cfg, "head")
+        else:
+            if adopted:
+                log.info(
+                    "%s: adopting the existing tables %s", service, ", ".join(sorted(existing))
+                )
+            command.upgrade(cfg, target)
     except CommandError as exc:
         raise MigrationError(f"{service}: cannot migrate to {target!r}: {exc}") from exc
     after = MigrationContext.configure(conn).get_current_revision()
     return MigrationResult(service, before, after, head, adopted=adopted)
+
+
+def differences(conn: Connection, metadata: MetaData) -> list[Any]:
+    """How the database's tables differ from ``metadata`` (tables it does not describe aside)."""
+    context = MigrationContext.configure(conn, opts={"compare_type": True})
+    return [d for d in compare_metadata(context, metadata) if d[0] != "remove_table"]
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:

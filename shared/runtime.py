@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import nats
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy import MetaData
@@ -28,13 +29,15 @@ from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, in_unit_of_
 from shared.db import Database
 from shared.metrics import ServiceMetrics
 from shared.migrations import MigrationError, upgrade
-from shared.operators import Operators, OperatorsError
+from shared.operators import NotAllowed, Operator, Operators, OperatorsError, bearer_token
 from shared.outbox import Outbox
 from shared.rpc import RpcServer
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The operator an HTTP request acts as, on routes in ``ServiceRuntime.http_commands``.
+OPERATOR = web.RequestKey("operator", Operator)
 
 
 class StartupError(RuntimeError):
@@ -114,7 +117,10 @@ class ServiceRuntime:
         except OperatorsError as exc:
             raise StartupError(str(exc)) from exc
         self.rpc = RpcServer(name, self.operators)
-        self.http = web.Application()
+        # (method, route) -> the command it runs: such routes want an operator token whose role
+        # may run that command ("{action}": the command is named by that part of the path).
+        self.http_commands: dict[tuple[str, str], str] = {}
+        self.http = web.Application(middlewares=[self._operators_only()])
         self.http_port: int | None = None
         self.consumer_specs: list[ConsumerSpec] = []
         self.consumers: list[BatchConsumer] = []
@@ -218,6 +224,31 @@ class ServiceRuntime:
         await stop.wait()
         log.info("%s stopping", self.name)
         await self.stop()
+
+    def _operators_only(self) -> Middleware:
+        @web.middleware
+        async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+            command = self._command_of(request)
+            if command is None:
+                return await handler(request)
+            token = bearer_token(request.headers.get("Authorization"))
+            try:
+                request[OPERATOR] = self.operators.check(token, self.name, command)
+            except NotAllowed as exc:
+                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+                return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+            return await handler(request)
+
+        return check
+
+    def _command_of(self, request: web.Request) -> str | None:
+        resource = request.match_info.route.resource
+        if resource is None:
+            return None
+        command = self.http_commands.get((request.method, resource.canonical))
+        if command is not None and command.startswith("{"):
+            return request.match_info.get(command.strip("{}"))
+        return command
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "alive", "service": self.name})

@@ -36,6 +36,7 @@ os.environ.setdefault(
     f'{{"tests": {{"role": "admin", "token_sha256": "{token_digest(TEST_OPERATOR_TOKEN)}"}}}}',
 )
 os.environ.setdefault("ORDERFLOW_TOKEN", TEST_OPERATOR_TOKEN)
+AS_OPERATOR = {"Authorization": f"Bearer {TEST_OPERATOR_TOKEN}"}
 POSTGRES_IMAGE = "postgres:16-alpine"
 
 

@@ -35,6 +35,8 @@ warehouses = Table(
     # Orders shipping to this country try it before the others (nearest first).
     Column("country", String(2)),
     Column("created_at", Float, nullable=False),
+    # Who created or last changed it (an operator); null for rows from before revision 0002.
+    Column("updated_by", String(64)),
 )
 
 # available = on_hand - reserved. ``shipped`` counts units that left and ``returned`` units that

@@ -231,6 +231,14 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
     rt.http.router.add_get("/orders/{order_id}/notifications", get_notifications)
     rt.http.router.add_get("/deliveries/failed", get_failed)
     rt.http.router.add_post("/deliveries/{delivery_id}/resend", post_resend)
+    # Each route wants an operator token whose role may run its command (shared/operators.py).
+    rt.http_commands.update(
+        {
+            ("GET", "/orders/{order_id}/notifications"): "notifications",
+            ("GET", "/deliveries/failed"): "failed_deliveries",
+            ("POST", "/deliveries/{delivery_id}/resend"): "resend",
+        }
+    )
 
     async def stats() -> dict[str, Any]:
         async with rt.db.reading() as conn:

@@ -11,12 +11,9 @@ import io
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, insert, inspect, select, text
+from sqlalchemy import MetaData, insert, inspect, select, text
 
 from orderflow.cli import main
 from shared import migrations, subjects
@@ -32,11 +29,6 @@ def schema_of(service: str) -> tuple[Path, MetaData]:
     return models.MIGRATIONS, models.metadata
 
 
-def differences(conn: Connection, metadata: MetaData) -> list[Any]:
-    context = MigrationContext.configure(conn, opts={"compare_type": True})
-    return [d for d in compare_metadata(context, metadata) if d[0] != "remove_table"]
-
-
 @pytest.mark.parametrize("service", SERVICES)
 async def test_a_new_database_migrates_to_the_schema_of_the_models(
     database_url: str, service: str
@@ -48,7 +40,7 @@ async def test_a_new_database_migrates_to_the_schema_of_the_models(
         assert (first.before, first.after, first.adopted) == (None, first.head, False)
         async with db.engine.connect() as conn:
             # A model changed without a revision shows up here.
-            assert await conn.run_sync(differences, metadata) == []
+            assert await conn.run_sync(migrations.differences, metadata) == []
         again = await migrations.upgrade(db, service, location)
         assert again.before == again.after == first.head
         assert "nothing to do" in again.describe()
@@ -74,7 +66,49 @@ async def test_a_database_made_before_migrations_is_adopted_with_its_rows(
         async with db.reading() as conn:
             rows = (await conn.execute(select(metadata.tables["customers"]))).all()
             assert [(r.customer_key, r.tier) for r in rows] == [("mei@example.com", "gold")]
-            assert await conn.run_sync(differences, metadata) == []
+            assert await conn.run_sync(migrations.differences, metadata) == []
+    finally:
+        await db.close()
+
+
+async def test_a_database_create_all_made_of_the_newest_models_is_stamped(
+    database_url: str,
+) -> None:
+    location, metadata = schema_of("inventory")
+    db = Database(database_url, metadata)
+    try:
+        await db.create_schema()
+        result = await migrations.upgrade(db, "inventory", location)
+        assert (result.adopted, result.after) == (True, result.head)
+        assert await migrations.current_revision(db) == result.head
+    finally:
+        await db.close()
+
+
+async def test_the_previous_releases_database_is_upgraded_with_its_rows(
+    database_url: str,
+) -> None:
+    """Inventory's database as the release before migrations left it (the baseline's tables, no
+    revision recorded) gets revision 0002's column, and keeps its rows."""
+    location, metadata = schema_of("inventory")
+    db = Database(database_url, metadata)
+    try:
+        await migrations.upgrade(db, "inventory", location, target="0001")
+        async with db.transaction() as conn:
+            await conn.execute(text("DROP TABLE alembic_version"))
+            await conn.execute(
+                text(
+                    "INSERT INTO warehouses (code, rank, country, created_at) "
+                    "VALUES ('WH-9', 9, 'CN', 1.0)"
+                )
+            )
+        result = await migrations.upgrade(db, "inventory", location)
+        assert (result.adopted, result.before, result.after) == (True, None, result.head)
+        assert result.head >= "0002"
+        async with db.reading() as conn:
+            row = (await conn.execute(select(metadata.tables["warehouses"]))).one()
+            assert (row.code, row.rank, row.updated_by) == ("WH-9", 9, None)
+            assert await conn.run_sync(migrations.differences, metadata) == []
     finally:
         await db.close()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import text
 
 from services.intake.app import create_service as create_intake
 from services.intake.settings import IntakeSettings
@@ -208,3 +209,92 @@ async def test_http_cancel_is_refused_to_roles_that_may_not_cancel(
     )
     r = await client.post(f"/orders/{order_id}/cancel", headers=bearer("nobody-knows-this-one"))
     assert r.status == 401
+
+
+# --- the other services' HTTP routes ------------------------------------------------------------
+
+OPEN_ROUTES = {"/healthz", "/readyz", "/metrics", "/stats"}
+
+
+async def test_every_command_route_wants_an_operator(tmp_path: Path) -> None:
+    settings = ServiceSettings(home=tmp_path)
+    for service in ("inventory", "fulfillment", "notify"):
+        app = importlib.import_module(f"services.{service}.app")
+        rt: ServiceRuntime = app.create_service(settings)
+        try:
+            routes = {
+                (r.method, r.resource.canonical)
+                for r in rt.http.router.routes()
+                if r.method != "HEAD" and r.resource and r.resource.canonical not in OPEN_ROUTES
+            }
+            assert routes == set(rt.http_commands), service
+        finally:
+            await rt.db.close()
+
+
+@pytest.fixture
+async def inventory(tmp_path: Path) -> AsyncIterator[tuple[ServiceRuntime, TestClient[Any, Any]]]:
+    from services.inventory.app import create_service
+
+    settings = ServiceSettings(
+        home=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'inventory.db'}",
+        operators=configured(),
+    )
+    rt = create_service(settings)
+    await rt.db.create_schema()
+    try:
+        async with TestClient(TestServer(rt.http)) as c:
+            yield rt, c
+    finally:
+        await rt.db.close()
+
+
+async def test_inventory_over_http_checks_the_role_and_records_the_operator(
+    inventory: tuple[ServiceRuntime, TestClient[Any, Any]],
+) -> None:
+    rt, client = inventory
+    restock = {"sku": "TEA-301", "quantity": 4, "actor": "li.na"}
+    r = await client.post("/stock/restock", json=restock, headers=bearer(TOKENS["sales"]))
+    assert (r.status, (await r.json())["error"]) == (
+        403,
+        "operator 'ann' has the role sales; 'restock' on inventory needs the role warehouse "
+        "or admin",
+    )
+    r = await client.post("/stock/restock", json=restock)
+    assert r.status == 401 and "needs an operator token" in (await r.json())["error"]
+    r = await client.post("/stock/restock", json=restock, headers=bearer(TOKENS["warehouse"]))
+    assert r.status == 200
+    r = await client.get("/stock/TEA-301/ledger", headers=bearer(TOKENS["finance"]))
+    assert [e["actor"] for e in await r.json()] == ["operator:wu/li.na"]
+    r = await client.put("/warehouses/WH-9", json={"rank": 9}, headers=bearer(TOKENS["warehouse"]))
+    assert r.status == 200
+    async with rt.db.reading() as conn:
+        who = await conn.execute(text("SELECT updated_by FROM warehouses WHERE code = 'WH-9'"))
+        assert who.scalar_one() == "operator:wu"
+
+
+async def test_a_fulfillment_step_over_http_is_the_warehouses(tmp_path: Path) -> None:
+    from services.fulfillment.app import create_service
+
+    settings = ServiceSettings(
+        home=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'fulfillment.db'}",
+        operators=configured(),
+    )
+    rt = create_service(settings)
+    await rt.db.create_schema()
+    try:
+        async with TestClient(TestServer(rt.http)) as client:
+            order = "01a23552-4527-7000-bab3-e4f8b4a78cc7"
+            r = await client.post(f"/orders/{order}/pick", headers=bearer(TOKENS["finance"]))
+            assert (
+                r.status == 403
+                and "'pick' on fulfillment needs the role warehouse" in (await r.json())["error"]
+            )
+            r = await client.post(f"/orders/{order}/pick", headers=bearer(TOKENS["warehouse"]))
+            assert r.status == 404  # past the role check: there is no such shipment
+            r = await client.get("/queue", headers=bearer(TOKENS["sales"]))
+            assert r.status == 200
+    finally:
+        await rt.db.close()
