@@ -87,6 +87,13 @@ def roles_for(service: str, command: str) -> frozenset[str]:
     return PERMISSIONS.get(service, {}).get(command, frozenset({ADMIN}))
 
 
+def records_actor(service: str, command: str) -> bool:
+    """Whether the command changes something, so its request's ``actor`` is the operator's.
+    Reads (open to everyone) and commands missing from the table get their payload as sent."""
+    roles = PERMISSIONS.get(service, {}).get(command)
+    return roles is not None and roles != ANYONE
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from shared import subjects
-from shared.operators import ANYONE, NotAllowed, Operators, bearer_token, roles_for
+from shared.operators import NotAllowed, Operators, bearer_token, records_actor
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ class RpcServer:
             payload = orjson.loads(msg.data) if msg.data else {}
             if not isinstance(payload, dict):
                 raise CommandRefused("the request body must be a JSON object")
-            if roles_for(self.service, name) != ANYONE:
-                # A change records who made it; a query (open to every role) records nothing.
+            if records_actor(self.service, name):
                 payload["actor"] = operator.actor(payload.get("actor"))
             reply = {"ok": True, "result": await command(payload)}
         except NotAllowed as exc:

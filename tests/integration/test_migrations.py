@@ -166,10 +166,10 @@ async def test_a_later_revision_upgrades_a_database_with_data_and_older_code_sti
         await db.close()
 
 
+# Replicas share a database on PostgreSQL only.
 @pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_replicas_migrating_together_do_not_collide(database_url: str) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("replicas share a database on PostgreSQL only")
     location, metadata = schema_of("inventory")
     replicas = [Database(database_url, metadata) for _ in range(3)]
     try:
