@@ -14,10 +14,12 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy import MetaData
@@ -26,12 +28,16 @@ from shared import streams as stream_specs
 from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, in_unit_of_work
 from shared.db import Database
 from shared.metrics import ServiceMetrics
+from shared.migrations import MigrationError, upgrade
+from shared.operators import NotAllowed, Operator, Operators, OperatorsError, bearer_token
 from shared.outbox import Outbox
 from shared.rpc import RpcServer
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The operator an HTTP request acts as, on routes in ``ServiceRuntime.http_commands``.
+OPERATOR = web.RequestKey("operator", Operator)
 
 
 class StartupError(RuntimeError):
@@ -95,16 +101,26 @@ class ServiceRuntime:
         settings: ServiceSettings,
         metadata: MetaData,
         streams: tuple[stream_specs.StreamSpec, ...],
+        migrations: Path | None = None,
     ) -> None:
         self.name = name
+        # The service's Alembic revisions; without them (tests' ad-hoc services) create_all.
+        self.migrations = migrations
         self.settings = settings
         self.metrics = ServiceMetrics(name)
         self.db = Database(settings.database_url_for(name), metadata)
         self.outbox = Outbox(metadata.tables["outbox"], self.metrics)
         self.inbox = metadata.tables["inbox"]
         self.streams = streams
-        self.rpc = RpcServer(name)
-        self.http = web.Application()
+        try:
+            self.operators = Operators.configured(settings.operators, [settings.operators_path()])
+        except OperatorsError as exc:
+            raise StartupError(str(exc)) from exc
+        self.rpc = RpcServer(name, self.operators)
+        # (method, route) -> the command it runs: such routes want an operator token whose role
+        # may run that command ("{action}": the command is named by that part of the path).
+        self.http_commands: dict[tuple[str, str], str] = {}
+        self.http = web.Application(middlewares=[self._operators_only()])
         self.http_port: int | None = None
         self.consumer_specs: list[ConsumerSpec] = []
         self.consumers: list[BatchConsumer] = []
@@ -136,7 +152,12 @@ class ServiceRuntime:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         try:
-            await self.db.create_schema()
+            if self.migrations is not None:
+                await upgrade(self.db, self.name, self.migrations)
+            else:
+                await self.db.create_schema()
+        except MigrationError as exc:
+            raise StartupError(str(exc)) from exc
         except Exception as exc:
             raise StartupError(f"cannot open the database {self.db.url!r}: {exc}") from exc
         self.nc = await connect_nats(self.settings.nats_url, f"orderflow-{self.name}")
@@ -203,6 +224,31 @@ class ServiceRuntime:
         await stop.wait()
         log.info("%s stopping", self.name)
         await self.stop()
+
+    def _operators_only(self) -> Middleware:
+        @web.middleware
+        async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+            command = self._command_of(request)
+            if command is None:
+                return await handler(request)
+            token = bearer_token(request.headers.get("Authorization"))
+            try:
+                request[OPERATOR] = self.operators.check(token, self.name, command)
+            except NotAllowed as exc:
+                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+                return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+            return await handler(request)
+
+        return check
+
+    def _command_of(self, request: web.Request) -> str | None:
+        resource = request.match_info.route.resource
+        if resource is None:
+            return None
+        command = self.http_commands.get((request.method, resource.canonical))
+        if command is not None and command.startswith("{"):
+            return request.match_info.get(command.strip("{}"))
+        return command
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "alive", "service": self.name})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,20 @@ class ServiceSettings(BaseSettings):
     simulator_min_delay_s: float = 0.2
     simulator_max_delay_s: float = 1.5
     log_level: str = "INFO"
+
+    operators: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Operator tokens as JSON: {name: {'role': sales|warehouse|finance|admin, "
+        "'token_sha256': hex}}, added to those of the operators file",
+    )
+    operators_file: Path | None = Field(
+        None,
+        description="JSON file whose 'operators' section holds operator tokens; default: "
+        "credentials.json in the home folder, if it exists",
+    )
+
+    def operators_path(self) -> Path:
+        return self.operators_file or self.home / "credentials.json"
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:
