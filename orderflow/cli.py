@@ -14,6 +14,7 @@ from orderflow.commands import (
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     bench,
+    monitoring,
     notifications,
     orders,
     shipments,
@@ -24,7 +25,7 @@ from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications)
+COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, monitoring)
 
 
 def build_parser() -> argparse.ArgumentParser:
