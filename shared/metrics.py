@@ -39,7 +39,7 @@ class Slo:
 # (deploy/prometheus) and docs/metrics.md are all derived from it, and tests hold them together.
 # Shipping follows fulfillment's default SLA per priority (2 h, 8 h, 24 h, 72 h).
 SLOS = (
-    Slo("accepted", 0.25),
+    Slo("accepted", 0.5),
     Slo("reserved", 1.0),
     Slo("queued", 2.5),
     Slo("notified", 5.0),
