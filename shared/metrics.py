@@ -275,7 +275,8 @@ def describe(registry: CollectorRegistry) -> list[MetricInfo]:
             # A custom collector (process_*): describe it from what it collects.
             for family in collector.collect():
                 shown = _exposed_name(family.name, family.type)
-                found[shown] = MetricInfo(shown, family.type, (), family.documentation)
+                labels = tuple(getattr(family, "_labelnames", ()))
+                found[shown] = MetricInfo(shown, family.type, labels, family.documentation)
             continue
         kind = collector._type
         shown = _exposed_name(name, kind)

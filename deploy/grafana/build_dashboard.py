@@ -320,6 +320,45 @@ def own(d: Layout, svc: str) -> None:
         )
 
 
+def nats(d: Layout) -> None:
+    d.row("nats-server (orderflow nats-exporter)")
+    d.panel(
+        "Up (exporter / monitoring port)",
+        [('up{job="nats"}', "exporter {{instance}}"), ("nats_monitor_up", "monitoring port")],
+    )
+    d.panel(
+        "Messages per second in / out",
+        [
+            (f"rate(nats_server_received_messages_total[{RATE}])", "in"),
+            (f"rate(nats_server_sent_messages_total[{RATE}])", "out"),
+        ],
+        unit="ops",
+    )
+    d.panel(
+        "Connections and slow consumers",
+        [
+            ("nats_server_connections", "connections"),
+            (f"increase(nats_server_slow_consumers_total[{RATE}])", "slow consumers"),
+        ],
+    )
+    d.panel(
+        "Messages held per stream",
+        [("sum by (stream) (nats_jetstream_stream_messages)", "{{stream}}")],
+    )
+    d.panel(
+        "JetStream storage",
+        [("nats_jetstream_storage_bytes", "file"), ("nats_jetstream_memory_bytes", "memory")],
+        unit="bytes",
+    )
+    d.panel(
+        "Server memory and CPU",
+        [
+            ("nats_server_resident_memory_bytes / 2^20", "RSS MiB"),
+            ("nats_server_cpu_usage_ratio", "CPU cores"),
+        ],
+    )
+
+
 def dashboard() -> dict[str, Any]:
     d = Layout()
     end_to_end(d)
@@ -327,6 +366,7 @@ def dashboard() -> dict[str, Any]:
         d.row(f"{svc}")
         common(d, svc)
         own(d, svc)
+    nats(d)
     return {
         "uid": "orderflow",
         "title": "orderflow",

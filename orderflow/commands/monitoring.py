@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from orderflow import endpoints
+from orderflow import endpoints, nats_exporter
 from shared import subjects
 from shared.metrics import SLOS, MetricInfo, Slo, describe
 from shared.runtime import ServiceRuntime
@@ -65,8 +65,26 @@ def register(sub: Any) -> None:
     )
     targets.set_defaults(func=cmd_prometheus_targets)
 
+    exporter = sub.add_parser(
+        "nats-exporter",
+        help="serve nats-server's monitoring data (JSON) as Prometheus metrics on /metrics",
+    )
+    exporter.add_argument("--listen", default="127.0.0.1:7777", metavar="HOST:PORT")
+    exporter.add_argument(
+        "--monitor",
+        default=None,
+        metavar="URL",
+        help="nats-server monitoring URL (default: nats_monitor_url of endpoints.json, "
+        "read at every scrape so a restarted `orderflow up` is followed)",
+    )
+    exporter.set_defaults(func=cmd_nats_exporter)
+
 
 # -- the catalogue -------------------------------------------------------------------------------
+
+
+def nats_catalogue() -> list[MetricInfo]:
+    return describe(nats_exporter.registry_of(None, None))
 
 
 def service_catalogue() -> dict[str, list[MetricInfo]]:
@@ -131,6 +149,8 @@ def generated_block(catalogue: dict[str, list[MetricInfo]]) -> str:
         lines += _table(own) if own else ["(none)"]
     lines += ["", "### Process (every service, from prometheus_client)", ""]
     lines += _table(first[n] for n in sorted(common) if n.startswith("process_"))
+    lines += ["", "### nats-server (`orderflow nats-exporter`)", ""]
+    lines += _table(nats_catalogue())
     lines += ["", END]
     return "\n".join(lines)
 
@@ -268,4 +288,20 @@ def cmd_prometheus_targets(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(groups, indent=2) + "\n")
         tmp.replace(path)  # Prometheus watches the folder: never let it read half a file
         print(f"{job:<12} {path}")
+    return 0
+
+
+def cmd_nats_exporter(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    host, _, port = args.listen.rpartition(":")
+
+    def monitor_url() -> str | None:
+        url = args.monitor or endpoints.read_endpoints().get("nats_monitor_url")
+        return str(url) if url else None
+
+    print(f"nats-exporter: http://{host or '0.0.0.0'}:{port}/metrics (monitor: {monitor_url()})")
+    web.run_app(
+        nats_exporter.application(monitor_url), host=host or None, port=int(port), print=None
+    )
     return 0

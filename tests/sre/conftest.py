@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orderflow.commands.monitoring import service_catalogue
+from orderflow.commands.monitoring import nats_catalogue, service_catalogue
 from shared.metrics import MetricInfo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "orderflow.json"
 # Series Prometheus itself makes, beside what it scrapes.
 PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds"}
-METRIC_NAME = re.compile(r"\b((?:orderflow|process)[_:][A-Za-z0-9_:]*|up|ALERTS)\b(?!\s*\()")
+METRIC_NAME = re.compile(r"\b((?:orderflow|process|nats)[_:][A-Za-z0-9_:]*|up|ALERTS)\b(?!\s*\()")
 
 
 def find_tool(name: str) -> str:
@@ -55,7 +55,7 @@ def catalogue() -> dict[str, list[MetricInfo]]:
 def exposed(catalogue: dict[str, list[MetricInfo]]) -> dict[str, set[str]]:
     """Every series name a scrape of some service can show, with the labels it may carry."""
     names: dict[str, set[str]] = {}
-    for metrics in catalogue.values():
+    for metrics in [*catalogue.values(), nats_catalogue()]:
         for metric in metrics:
             for series in metric.series_names():
                 labels = set(metric.labels) | {"job", "instance"}

@@ -59,7 +59,7 @@ def test_metrics_doc_check_fails_on_a_stale_doc_and_regenerating_mends_it(
 
 
 def every_metric(catalogue: dict[str, list[MetricInfo]]) -> list[MetricInfo]:
-    return [m for metrics in catalogue.values() for m in metrics]
+    return [m for metrics in catalogue.values() for m in metrics] + monitoring.nats_catalogue()
 
 
 def test_names_follow_prometheus_conventions(catalogue: dict[str, list[MetricInfo]]) -> None:
@@ -73,7 +73,7 @@ def test_names_follow_prometheus_conventions(catalogue: dict[str, list[MetricInf
         timed = bool(words & {"duration", "latency", "age", "seconds", "time"})
         if timed and m.unit != "seconds":
             wrong.append(f"{m.name}: a time is in seconds, named _seconds")
-        if not (m.name.startswith("orderflow_") or m.name.startswith("process_")):
+        if not m.name.startswith(("orderflow_", "process_", "nats_")):
             wrong.append(f"{m.name}: orderflow's metrics start with orderflow_")
         if not m.help.strip():
             wrong.append(f"{m.name}: no help text")

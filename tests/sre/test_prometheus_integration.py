@@ -150,17 +150,32 @@ def test_prometheus_scrapes_the_system_and_answers_latency_quantiles(
     shutil.copytree(PROMETHEUS_DIR, config, ignore=shutil.ignore_patterns("*.json", "tests"))
     conf = config / "prometheus.yml"
     conf.write_text(conf.read_text().replace("interval: 5s", "interval: 1s"))
-    orderflow(system, "prometheus-targets", "--out", str(config / "targets"))
+    exporter_port = free_port()
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "orderflow", "nats-exporter", f"--listen=127.0.0.1:{exporter_port}"],
+        env={**os.environ, "ORDERFLOW_HOME": str(system)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    orderflow(
+        system,
+        "prometheus-targets",
+        "--out",
+        str(config / "targets"),
+        f"--nats-exporter=127.0.0.1:{exporter_port}",
+    )
     prometheus = Prometheus(prometheus_binary, config, tmp_path / "tsdb", tmp_path / "prom.log")
     try:
+        jobs = {*SERVICES, "nats"}
         up = wait_for(
             lambda: (
-                {s["metric"]["job"] for s in prometheus.query("up == 1")} >= set(SERVICES)
+                {s["metric"]["job"] for s in prometheus.query("up == 1")} >= jobs
                 and prometheus.query("up")
             ),
-            "all four services scraped",
+            "all four services and the nats exporter scraped",
         )
-        assert {s["metric"]["job"] for s in up} == set(SERVICES)
+        assert {s["metric"]["job"] for s in up} == jobs
 
         orderflow(system, "demo", "--orders", "60", "--rate", "30")
 
@@ -192,6 +207,14 @@ def test_prometheus_scrapes_the_system_and_answers_latency_quantiles(
         ready = prometheus.query("min by (job) (orderflow_dependency_up)")
         assert {s["metric"]["job"]: s["value"][1] for s in ready} == {s: "1" for s in SERVICES}
 
+        held = wait_for(
+            lambda: prometheus.query(
+                'nats_jetstream_stream_messages{stream="ORDERFLOW_SUBMISSIONS"} > 0'
+            ),
+            "nats-server's stream figures",
+        )
+        assert held[0]["metric"]["job"] == "nats"
+
         groups = prometheus.api("rules")["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
         assert len(rules) > 20
@@ -200,3 +223,4 @@ def test_prometheus_scrapes_the_system_and_answers_latency_quantiles(
         assert firing == [], firing
     finally:
         stop(prometheus.proc)
+        stop(exporter)
