@@ -17,6 +17,7 @@ from orderflow.commands import (
     bench,
     contracts,
     migrate,
+    monitoring,
     notifications,
     orders,
     shipments,
@@ -27,7 +28,17 @@ from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, migrate, contracts)
+COMMAND_MODULES = (
+    system,
+    orders,
+    stock,
+    bench,
+    shipments,
+    notifications,
+    migrate,
+    contracts,
+    monitoring,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared import subjects
+from shared import logs, subjects
 from shared.contracts.envelope import Envelope, Event, decode_envelope, decode_header, new_envelope
 from shared.db import Database
 from shared.inbox import already_applied, record_applied
@@ -278,6 +278,8 @@ class BatchConsumer:
                 await self._dead_letter(msg, f"undecodable: {exc}")
         if not items:
             return
+        # Log lines name the order only when there is one (once per batch, not per message).
+        logs.bind_body(items[0][1].body if len(items) == 1 else None)
         started = time.perf_counter()
         try:
             rows = await self._apply([incoming for _, incoming in items])
@@ -289,6 +291,7 @@ class BatchConsumer:
                 "%s: batch of %d failed (%s); retrying one by one", self.spec.name, len(items), exc
             )
             for msg, incoming in items:
+                logs.bind_body(incoming.body)
                 try:
                     rows = await self._apply([incoming])
                 except Exception as one_exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +41,12 @@ class ServiceSettings(BaseSettings):
     simulator_min_delay_s: float = 0.2
     simulator_max_delay_s: float = 1.5
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line with order and correlation ids"
+    )
+    backlog_interval_s: float = Field(
+        5.0, gt=0, description="How often outbox and consumer backlog gauges are refreshed"
+    )
 
     operators: dict[str, Any] = Field(
         default_factory=dict,
