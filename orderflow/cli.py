@@ -19,12 +19,13 @@ from orderflow.commands import (
     shipments,
     stock,
     system,
+    trace,
 )
 from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications)
+COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, trace)
 
 
 def build_parser() -> argparse.ArgumentParser:
