@@ -16,6 +16,7 @@ from orderflow.commands import (
     bench,
     notifications,
     orders,
+    reconcile,
     shipments,
     stock,
     system,
@@ -25,7 +26,7 @@ from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, trace)
+COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, trace, reconcile)
 
 
 def build_parser() -> argparse.ArgumentParser:

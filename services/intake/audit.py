@@ -92,7 +92,8 @@ async def orders_page(conn: AsyncConnection, after: str, limit: int) -> dict[str
     rows = await conn.execute(
         select(*cols).where(orders.c.order_id > after).order_by(orders.c.order_id).limit(limit)
     )
-    found = [dict(r._mapping) for r in rows]
+    # Plain str keys: the column names are str subclasses, which orjson refuses as keys.
+    found = [{str(k): v for k, v in r._mapping.items()} for r in rows]
     return {"orders": found, "next": found[-1]["order_id"] if len(found) == limit else None}
 
 

@@ -1,0 +1,77 @@
+"""`orderflow reconcile` against the four services on a real nats-server: clean after a mixed
+load (delivered, shipped, cancelled, queued, backordered and rejected orders, two currencies);
+a row corrupted behind the services' backs is reported, and the command exits non-zero."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from orderflow.cli import main as cli_main
+from orderflow.commands.reconcile import reconcile
+from tests.integration.audit_system import four_services, mixed_load
+from tests.integration.harness import nats_client
+
+pytestmark = pytest.mark.slow
+
+
+def corrupt(db: Path, sql: str, *params: object) -> None:
+    """Change a service's row directly, as a bug or a hand edit would."""
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        with conn:
+            assert conn.execute(sql, params).rowcount == 1
+    finally:
+        conn.close()
+
+
+async def test_reconcile_is_clean_after_a_mixed_load_and_reports_injected_damage(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with four_services(nats_url, tmp_path), nats_client(nats_url) as (nc, _):
+        load = await mixed_load(nc)
+        clean = await reconcile(nc, settle_s=3.0, page=4)  # small pages: the cursor is used
+
+        queued = next(o for o, s in load.expected.items() if s == "queued")
+        corrupt(
+            tmp_path / "intake.db",
+            "UPDATE orders SET status = 'delivered' WHERE order_id = ?",
+            queued,
+        )
+        corrupt(
+            tmp_path / "inventory.db",
+            "UPDATE stock SET on_hand = on_hand + 5 WHERE sku = 'TEA-001' AND warehouse = 'WH-1'",
+        )
+        damaged = await reconcile(nc, settle_s=0.5)
+
+        monkeypatch.setenv("ORDERFLOW_NATS_URL", nats_url)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = await asyncio.to_thread(cli_main, ["reconcile", "--settle", "0.5", "--json"])
+        printed = json.loads(out.getvalue())
+
+    assert clean["discrepancies"] == [], clean["discrepancies"]
+    assert clean["orders"] == len(load.expected)
+    cny = clean["money"]["CNY"]
+    assert Decimal(cny["accepted"]) > 0 and Decimal(cny["shipped"]) > 0
+    assert Decimal(cny["cancelled"]) > 0 and Decimal(cny["in_flight"]) > 0
+    assert Decimal(cny["accepted"]) == sum(
+        Decimal(cny[k]) for k in ("shipped", "cancelled", "in_flight")
+    )
+    assert "USD" in clean["money"]
+
+    found = {(d["check"], d["key"]) for d in damaged["discrepancies"]}
+    assert ("stock", "TEA-001@WH-1") in found
+    assert ("orders", queued) in found
+    messages = " ".join(d["message"] for d in damaged["discrepancies"])
+    assert "the ledger sums to" in messages
+    assert "intake shows delivered" in messages
+    assert code == 1
+    assert {(d["check"], d["key"]) for d in printed["discrepancies"]} == found
