@@ -17,6 +17,7 @@ from orderflow.commands import (
     notifications,
     orders,
     reconcile,
+    replay,
     shipments,
     stock,
     system,
@@ -26,7 +27,7 @@ from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, trace, reconcile)
+COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, trace, reconcile, replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
