@@ -18,6 +18,7 @@ from orderflow.commands import (
     orders,
     reconcile,
     replay,
+    report,
     shipments,
     stock,
     system,
@@ -27,7 +28,18 @@ from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications, trace, reconcile, replay)
+COMMAND_MODULES = (
+    system,
+    orders,
+    stock,
+    bench,
+    shipments,
+    notifications,
+    trace,
+    reconcile,
+    replay,
+    report,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

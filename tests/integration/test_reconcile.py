@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from orderflow import report
 from orderflow.cli import main as cli_main
 from orderflow.commands.reconcile import reconcile
 from tests.integration.audit_system import four_services, mixed_load
@@ -38,6 +39,7 @@ async def test_reconcile_is_clean_after_a_mixed_load_and_reports_injected_damage
     async with four_services(nats_url, tmp_path), nats_client(nats_url) as (nc, _):
         load = await mixed_load(nc)
         clean = await reconcile(nc, settle_s=3.0, page=4)  # small pages: the cursor is used
+        figures = await report.gather(nc, None, None)
 
         queued = next(o for o, s in load.expected.items() if s == "queued")
         corrupt(
@@ -66,6 +68,18 @@ async def test_reconcile_is_clean_after_a_mixed_load_and_reports_injected_damage
         Decimal(cny[k]) for k in ("shipped", "cancelled", "in_flight")
     )
     assert "USD" in clean["money"]
+
+    # The same load, as the report's figures (each from the service that holds it).
+    assert figures["missing"] == {}
+    web = figures["orders"]["by_channel"]["web"]
+    assert (web["accepted"], web["rejected"]) == (len(load.expected), 1)
+    assert (web["shipped"], web["cancelled"]) == (5, 2)
+    assert figures["lead_time"]["reserve"]["n"] == len(load.expected) - 1  # one backordered
+    assert figures["lead_time"]["deliver"]["n"] == 3
+    assert figures["lead_time"]["ship"]["p95_s"] >= figures["lead_time"]["ship"]["p50_s"] > 0
+    assert sum(v["shipments"] for v in figures["sla"].values()) == 7  # cancelled not counted
+    assert figures["top_skus"][0]["sku"] == "TEA-001"
+    assert {c["sku"] for c in figures["stock_cover"]} >= {"TEA-001", "CUP-010", "LAMP-042"}
 
     found = {(d["check"], d["key"]) for d in damaged["discrepancies"]}
     assert ("stock", "TEA-001@WH-1") in found
