@@ -72,7 +72,7 @@ def render(found: dict[str, Any]) -> str:
     for service, why in found["missing"].items():
         lines.append(f"  NO ANSWER from {service}: {why}")
     lines.append("")
-    lines.append(f"{'time (UTC)':<26} {'service':<11} {'kind':<9} {'what':<40} detail")
+    lines.append(f"{'time (UTC)':<26} {'service':<11} {'kind':<9} {'what':<34} detail")
     for e in found["entries"]:
         when = (e.get("time") or "-")[:26].replace("+00:00", "")
         detail = []
@@ -87,7 +87,7 @@ def render(found: dict[str, Any]) -> str:
             detail.append("NOT YET PUBLISHED")
         lines.append(
             f"{when:<26} {e.get('service', '?'):<11} {e.get('kind', ''):<9} "
-            f"{str(e.get('what', ''))[:40]:<40} {'; '.join(detail)}"
+            f"{str(e.get('what', ''))[:34]:<34} {'; '.join(detail)}"
         )
     return "\n".join(lines)
 

@@ -27,9 +27,9 @@ async def trace(conn: AsyncConnection, order_id: str) -> dict[str, Any]:
                 n.created_at,
                 SERVICE,
                 "state",
-                f"notification {n.template} ({n.audience}, {n.locale})",
+                f"notified {n.template}",
                 by="notify",
-                why=n.subject,
+                why=f"to the {n.audience} ({n.locale}): {n.subject}",
                 to=n.recipient,
                 caused_by=n.source_event_id,
             )
