@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.fulfillment.app import create_service as create_fulfillment
 from services.intake.app import create_service as create_intake
@@ -20,7 +22,11 @@ from services.inventory.app import create_service as create_inventory
 from services.notify.app import create_service as create_notify
 from shared import rpc, subjects
 from shared.runtime import ServiceRuntime
-from tests.conftest import eventually, order_doc, settings_for
+from tests.conftest import (
+    eventually,
+    order_doc,
+    settings_for,
+)
 from tests.integration.test_intake import intake_settings
 
 FACTORIES = {
@@ -35,8 +41,20 @@ def database_of(tmp_path: Path, service: str) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / f'{service}.db'}"
 
 
-def service(nats_url: str, tmp_path: Path, name: str) -> ServiceRuntime:
-    database = database_of(tmp_path, name)
+async def corrupt(database: str, sql: str, **params: Any) -> None:
+    """Change one row of a service's database directly, as a bug or a hand edit would."""
+    engine = create_async_engine(database)
+    try:
+        async with engine.begin() as conn:
+            assert (await conn.execute(text(sql), params)).rowcount == 1
+    finally:
+        await engine.dispose()
+
+
+def service(
+    nats_url: str, tmp_path: Path, name: str, databases: dict[str, str] | None = None
+) -> ServiceRuntime:
+    database = (databases or {}).get(name) or database_of(tmp_path, name)
     if name == subjects.INTAKE:
         # With the channel and operator keys the HTTP tests use.
         return create_intake(intake_settings(nats_url, database, tmp_path))
@@ -44,11 +62,13 @@ def service(nats_url: str, tmp_path: Path, name: str) -> ServiceRuntime:
 
 
 @asynccontextmanager
-async def four_services(nats_url: str, tmp_path: Path) -> AsyncIterator[dict[str, ServiceRuntime]]:
+async def four_services(
+    nats_url: str, tmp_path: Path, databases: dict[str, str] | None = None
+) -> AsyncIterator[dict[str, ServiceRuntime]]:
     started: dict[str, ServiceRuntime] = {}
     try:
         for name in subjects.SERVICES:
-            rt = service(nats_url, tmp_path, name)
+            rt = service(nats_url, tmp_path, name, databases)
             await rt.start()
             started[name] = rt
         yield started

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import io
 import json
-import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,38 +16,32 @@ import pytest
 from orderflow import report
 from orderflow.cli import main as cli_main
 from orderflow.commands.reconcile import reconcile
-from tests.integration.audit_system import four_services, mixed_load
+from tests.integration.audit_system import corrupt, four_services, mixed_load
 from tests.integration.harness import nats_client
 
 pytestmark = pytest.mark.slow
 
 
-def corrupt(db: Path, sql: str, *params: object) -> None:
-    """Change a service's row directly, as a bug or a hand edit would."""
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        with conn:
-            assert conn.execute(sql, params).rowcount == 1
-    finally:
-        conn.close()
-
-
 async def test_reconcile_is_clean_after_a_mixed_load_and_reports_injected_damage(
-    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nats_url: str,
+    tmp_path: Path,
+    service_databases: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with four_services(nats_url, tmp_path), nats_client(nats_url) as (nc, _):
+    databases = service_databases
+    async with four_services(nats_url, tmp_path, databases), nats_client(nats_url) as (nc, _):
         load = await mixed_load(nc)
         clean = await reconcile(nc, settle_s=3.0, page=4)  # small pages: the cursor is used
         figures = await report.gather(nc, None, None)
 
         queued = next(o for o, s in load.expected.items() if s == "queued")
-        corrupt(
-            tmp_path / "intake.db",
-            "UPDATE orders SET status = 'delivered' WHERE order_id = ?",
-            queued,
+        await corrupt(
+            databases["intake"],
+            "UPDATE orders SET status = 'delivered' WHERE order_id = :oid",
+            oid=queued,
         )
-        corrupt(
-            tmp_path / "inventory.db",
+        await corrupt(
+            databases["inventory"],
             "UPDATE stock SET on_hand = on_hand + 5 WHERE sku = 'TEA-001' AND warehouse = 'WH-1'",
         )
         damaged = await reconcile(nc, settle_s=0.5)

@@ -14,9 +14,8 @@ import pytest
 
 from orderflow.cli import main as cli_main
 from orderflow.commands.replay import replay_intake
-from tests.integration.audit_system import four_services, mixed_load
+from tests.integration.audit_system import corrupt, database_of, four_services, mixed_load
 from tests.integration.harness import nats_client
-from tests.integration.test_reconcile import corrupt
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +28,10 @@ async def test_the_replayed_status_view_equals_the_live_one_after_a_mixed_load(
         equal = await replay_intake(nc, tmp_path / "replayed.db", settle_s=0)
 
         shipped = next(o for o, s in load.expected.items() if s == "shipped")
-        corrupt(
-            tmp_path / "intake.db",
-            "UPDATE orders SET status = 'delivered', status_rank = 80 WHERE order_id = ?",
-            shipped,
+        await corrupt(
+            database_of(tmp_path, "intake"),
+            "UPDATE orders SET status = 'delivered', status_rank = 80 WHERE order_id = :oid",
+            oid=shipped,
         )
         monkeypatch.setenv("ORDERFLOW_NATS_URL", nats_url)
         out = io.StringIO()
