@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -53,6 +54,7 @@ SOURCES = (
         ),
     ),
 )
+BATCH = 1000
 COMPARED = ("status", "channel", "priority", "currency", *intake_audit.EVENT_STAMPS)
 
 
@@ -114,14 +116,14 @@ async def replay_intake(
 ) -> dict[str, Any]:
     live = await live_view(nc, timeout)
     read_at = time.time()
-    events = await read_streams(nc)
     if into is None:
         into = Path(tempfile.mkdtemp(prefix="orderflow-replay-")) / "intake-replayed.db"
     into.unlink(missing_ok=True)
     db = Database(f"sqlite+aiosqlite:///{into.resolve()}", metadata)
+    replayed = Replayed()
     try:
         await db.create_schema()
-        replayed = await rebuild(db, events)
+        await read_streams(nc, lambda batch: rebuild(db, batch, replayed))
         async with db.reading() as conn:
             rebuilt = {
                 r.order_id: {str(k): v for k, v in r._mapping.items()}
@@ -155,10 +157,11 @@ async def live_view(nc: NATS, timeout: float) -> dict[str, dict[str, Any]]:
         after = page["next"]
 
 
-async def read_streams(nc: NATS) -> list[Envelope]:
-    """Every event the view is built from, per stream in stream order, read to the end."""
+async def read_streams(nc: NATS, apply: Callable[[list[Envelope]], Awaitable[None]]) -> None:
+    """Every event the view is built from, stream after stream (INTAKE first: the orders) in
+    stream order, read to the end and handed to ``apply`` a batch at a time (memory stays
+    bounded by the batch, not the history)."""
     js = nc.jetstream()
-    out: list[Envelope] = []
     for stream, producer, types in SOURCES:
         wanted = set(types)
         try:
@@ -175,24 +178,24 @@ async def read_streams(nc: NATS) -> list[Envelope]:
         try:
             remaining = (await psub.consumer_info()).num_pending or 0
             while remaining > 0:
-                msgs = await psub.fetch(batch=min(1000, remaining), timeout=10)
+                msgs = await psub.fetch(batch=min(BATCH, remaining), timeout=10)
+                batch = []
                 for msg in msgs:
                     remaining = msg.metadata.num_pending
                     env = decode_envelope(msg.data)
                     if env.type in wanted:
-                        out.append(env)
+                        batch.append(env)
+                await apply(batch)
         finally:
             await psub.unsubscribe()
-    return out
 
 
-async def rebuild(db: Database, events: list[Envelope]) -> Replayed:
-    """Apply the events with intake's own status-view handlers. Orders first: a progress event
-    only updates an order row that exists (live, an early one waits for its order in the
-    consumer's retries)."""
-    replayed = Replayed()
+async def rebuild(db: Database, batch: list[Envelope], replayed: Replayed) -> None:
+    """Apply one batch with intake's own status-view handlers, in one transaction. Orders come
+    first (their stream is read first, and within a batch acceptances before the rest): a
+    progress event only updates an order row that exists."""
     by_type: dict[str, list[Envelope]] = defaultdict(list)
-    for env in events:
+    for env in batch:
         by_type[env.type].append(env)
         replayed.events += 1
         replayed.by_type[env.type] += 1
@@ -224,7 +227,6 @@ async def rebuild(db: Database, events: list[Envelope]) -> Replayed:
         if by_type.get("cancellation_refused"):
             await handlers.record_cancel_refused(uow, by_type.pop("cancellation_refused"))
         assert not uow.emitted, "a status-view handler emitted an event during a replay"
-    return replayed
 
 
 def _order_row(env: Envelope) -> dict[str, Any]:
