@@ -16,6 +16,7 @@ import pytest
 from orderflow import report
 from orderflow.cli import main as cli_main
 from orderflow.commands.reconcile import reconcile
+from shared import subjects
 from tests.integration.audit_system import corrupt, four_services, mixed_load
 from tests.integration.harness import nats_client
 
@@ -82,3 +83,21 @@ async def test_reconcile_is_clean_after_a_mixed_load_and_reports_injected_damage
     assert "intake shows delivered" in messages
     assert code == 1
     assert {(d["check"], d["key"]) for d in printed["discrepancies"]} == found
+
+
+async def test_reconcile_reports_an_unacknowledged_dead_letter_and_a_silent_service(
+    nats_url: str, tmp_path: Path
+) -> None:
+    async with four_services(nats_url, tmp_path) as rts, nats_client(nats_url) as (nc, js):
+        await rts["notify"].stop()  # the dead-letter stream's consumer
+        await js.publish(
+            subjects.dead_letter("inventory", "inventory-orders"),
+            b"{not an envelope",
+            headers={"Orderflow-Error": "undecodable"},
+        )
+        result = await reconcile(nc, settle_s=0, timeout=2.0)
+
+    found = {(d["check"], d["key"]): d["message"] for d in result["discrepancies"]}
+    assert "1 dead letters not acknowledged" in found[("dead_letters", "notify-dead-letters")]
+    assert ("services", "notify") in found
+    assert result["ok"] is False
