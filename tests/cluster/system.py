@@ -215,3 +215,26 @@ async def wait_until_all_delivered(db_url_of: Callable[[str], str], n: int, time
 
 def run_id() -> str:
     return f"r{uuid.uuid4().hex[:8]}"
+
+
+async def events_on_streams(url: str, pw: dict[str, str] | None) -> dict[str, int]:
+    """How many events of each type the streams hold: a row published twice and not
+    deduplicated would show here."""
+    nc = await connect_nats(url, "test-admin", auth=auth(nats_access.ADMIN_USER, pw))
+    counts: collections.Counter[str] = collections.Counter()
+    try:
+        js = nc.jetstream()
+        for stream in (
+            nats_access.S_INTAKE,
+            nats_access.S_INVENTORY,
+            nats_access.S_FULFILLMENT,
+            nats_access.S_NOTIFY,
+            nats_access.S_DEADLETTER,
+        ):
+            with contextlib.suppress(Exception):
+                info = await js.stream_info(stream, subjects_filter=">")
+                for subject, n in (info.state.subjects or {}).items():
+                    counts[".".join(subject.split(".")[:3])] += n
+    finally:
+        await nc.close()
+    return dict(sorted(counts.items()))
