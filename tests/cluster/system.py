@@ -98,26 +98,40 @@ def make_load(n: int, run: str) -> list[tuple[str, bytes]]:
     return load
 
 
-async def submit(url: str, load: list[tuple[str, bytes]], pw: dict[str, str] | None) -> None:
-    """Each channel submits its own orders, as its own NATS user when ``pw`` is given."""
+async def submit(
+    url: str, load: list[tuple[str, bytes]], pw: dict[str, str] | None, first: int = 0
+) -> None:
+    """Each channel submits its own orders, as its own NATS user when ``pw`` is given; like a
+    careful channel, it retries a submission until the stream acks it (same message id, so a
+    retry of one that did land is dropped as a duplicate)."""
     clients: dict[str, NATS] = {}
     try:
         for channel in CHANNELS:
             clients[channel] = await connect_nats(
                 url, f"channel-{channel}", auth=auth(nats_access.channel_user(channel), pw)
             )
-        acks = []
-        for i, (channel, body) in enumerate(load):
-            js = clients[channel].jetstream()
-            acks.append(
-                await js.publish_async(
-                    subjects.submission(channel), body, headers={"Nats-Msg-Id": f"load-{i}"}
-                )
+        await asyncio.gather(
+            *(
+                _submit_one(clients[channel], channel, body, f"{first + i}")
+                for i, (channel, body) in enumerate(load)
             )
-        await asyncio.gather(*acks)
+        )
     finally:
         for nc in clients.values():
             await nc.close()
+
+
+async def _submit_one(nc: NATS, channel: str, body: bytes, msg_id: str) -> None:
+    js = nc.jetstream()
+    for _ in range(60):
+        try:
+            await js.publish(
+                subjects.submission(channel), body, headers={"Nats-Msg-Id": msg_id}, timeout=2
+            )
+            return
+        except Exception:
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"submission {msg_id} never acked")
 
 
 async def restock(url: str, units: int, pw: dict[str, str] | None) -> None:
