@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -43,8 +44,12 @@ def passwords() -> dict[str, str]:
     return {u.name: secrets.token_urlsafe(16) for u in nats_access.users(CHANNELS)}
 
 
-def auth(user: str, pw: dict[str, str] | None) -> NatsAuth | None:
-    return NatsAuth(user=user, password=pw[user]) if pw else None
+def auth(user: str, pw: dict[str, str] | None, tls: NatsAuth | None = None) -> NatsAuth | None:
+    """``user``'s credentials (when ``pw``), plus the TLS settings of ``tls``."""
+    base = tls or NatsAuth()
+    if not pw:
+        return base
+    return dataclasses.replace(base, user=user, password=pw[user])
 
 
 @contextlib.asynccontextmanager
@@ -99,7 +104,11 @@ def make_load(n: int, run: str) -> list[tuple[str, bytes]]:
 
 
 async def submit(
-    url: str, load: list[tuple[str, bytes]], pw: dict[str, str] | None, first: int = 0
+    url: str,
+    load: list[tuple[str, bytes]],
+    pw: dict[str, str] | None,
+    first: int = 0,
+    tls: NatsAuth | None = None,
 ) -> None:
     """Each channel submits its own orders, as its own NATS user when ``pw`` is given; like a
     careful channel, it retries a submission until the stream acks it (same message id, so a
@@ -108,7 +117,7 @@ async def submit(
     try:
         for channel in CHANNELS:
             clients[channel] = await connect_nats(
-                url, f"channel-{channel}", auth=auth(nats_access.channel_user(channel), pw)
+                url, f"channel-{channel}", auth=auth(nats_access.channel_user(channel), pw, tls)
             )
         await asyncio.gather(
             *(
@@ -134,8 +143,10 @@ async def _submit_one(nc: NATS, channel: str, body: bytes, msg_id: str) -> None:
     raise AssertionError(f"submission {msg_id} never acked")
 
 
-async def restock(url: str, units: int, pw: dict[str, str] | None) -> None:
-    nc = await connect_nats(url, "test-cli", auth=auth(nats_access.CLI_USER, pw))
+async def restock(
+    url: str, units: int, pw: dict[str, str] | None, tls: NatsAuth | None = None
+) -> None:
+    nc = await connect_nats(url, "test-cli", auth=auth(nats_access.CLI_USER, pw, tls))
     try:
         await rpc.call(
             nc, "inventory", "restock", {"sku": SKU, "quantity": units, "warehouse": "WH-1"}
