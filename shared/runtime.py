@@ -101,12 +101,17 @@ async def connect_nats(
     options = auth.options() if auth else {}
     connected = False
     client: NATS | None = None
+    refused: list[str] = []
+    refused_now = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         # nats-py's default prints a traceback for every failed attempt; before the first
         # connection the StartupError below says it once.
         if connected:
             log.warning("NATS: %s", exc or exc.__class__.__name__)
+        elif "authorization violation" in str(exc).lower():
+            refused.append(str(exc))
+            refused_now.set()
 
     async def on_disconnected() -> None:
         closing = client is not None and (client.is_closed or client.is_draining)
@@ -120,28 +125,44 @@ async def connect_nats(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    servers=url.split(","),
-                    name=name,
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    allow_reconnect=True,
-                    pending_size=64 * 1024 * 1024,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnected,
-                    reconnected_cb=on_reconnected,
-                    **options,
-                ),
-                timeout=max(0.5, deadline - time.monotonic()),
+            connecting = asyncio.ensure_future(
+                asyncio.wait_for(
+                    nats.connect(
+                        servers=url.split(","),
+                        name=name,
+                        connect_timeout=2,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0.5,
+                        allow_reconnect=True,
+                        pending_size=64 * 1024 * 1024,
+                        error_cb=on_error,
+                        disconnected_cb=on_disconnected,
+                        reconnected_cb=on_reconnected,
+                        **options,
+                    ),
+                    timeout=max(0.5, deadline - time.monotonic()),
+                )
             )
+            refusal = asyncio.ensure_future(refused_now.wait())
+            try:
+                await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                refusal.cancel()
+            if not connecting.done():
+                # The server refused the credentials; nats-py would keep trying them.
+                connecting.cancel()
+                with contextlib.suppress(BaseException):
+                    await connecting
+                raise ConnectionRefusedError(refused[0])
+            nc = connecting.result()
             connected, client = True, nc
             return nc
         except (TimeoutError, Exception) as exc:
             last = exc
-            if "authorization violation" in str(exc).lower():
-                break
+            if refused or "authorization violation" in str(exc).lower():
+                # Retrying would not change the server's mind about these credentials.
+                who = f"user {auth.user!r}" if auth and auth.user else "these credentials"
+                raise StartupError(f"NATS at {url} refused {who}: Authorization Violation") from exc
             await asyncio.sleep(0.3)
     reason = f": {last}" if last and str(last) else ""
     raise StartupError(f"cannot reach NATS at {url} (tried for {timeout:.0f}s){reason}")

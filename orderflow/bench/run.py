@@ -30,7 +30,7 @@ from orderflow.bench.load import (
     trace,
 )
 from orderflow.launcher import Launcher
-from shared import nats_access, rpc, streams, subjects
+from shared import rpc, streams, subjects
 from shared.runtime import connect_nats
 
 DONE_WHEN = [
@@ -169,9 +169,7 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
     rss: dict[str, float] = {}
     try:
         info = await launcher.start()
-        nc = await connect_nats(
-            info["nats_url"], "orderflow-bench", auth=launcher.nats_auth(nats_access.ADMIN_USER)
-        )
+        nc = await connect_nats(info["nats_url"], "orderflow-bench", auth=launcher.admin_auth())
         await seed(nc)
         loads: list[Load] = []
         for i, rate in enumerate(cfg.rates):
@@ -197,9 +195,7 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
         sample = await read_one_accepted(nc)
         say(f"ceiling: {cfg.ceiling_messages} messages of {len(sample)} bytes through 4 hops ...")
         ceiling_per_s = round(
-            await run_ceiling(
-                launcher.client_url(nats_access.ADMIN_USER), home, cfg.ceiling_messages, len(sample)
-            ),
+            await run_ceiling(launcher.client_url(), home, cfg.ceiling_messages, len(sample)),
             1,
         )
         say(f"ceiling: {ceiling_per_s} messages/s")

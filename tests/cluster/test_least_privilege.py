@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 
 from shared import nats_access, streams
 from shared.embedded_nats import EmbeddedNats
-from shared.runtime import NatsAuth
+from shared.runtime import NatsAuth, StartupError, connect_nats
 from shared.settings import ServiceSettings
 from tests.cluster import system
 from tests.conftest import eventually
@@ -162,3 +162,15 @@ async def test_the_four_services_work_with_only_their_own_grants(
         await system.wait_until_all_delivered(db, 6, timeout=60)
     # Not one refusal while doing all of it (starting, consuming, publishing, answering).
     assert Secured(server, pw).violations() == []
+
+
+async def test_wrong_credentials_are_refused_at_once_and_said_plainly(secured: Secured) -> None:
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StartupError, match="refused user 'intake': Authorization Violation"):
+        await connect_nats(
+            secured.url, "wrong", timeout=20, auth=NatsAuth(user="intake", password="wrong")
+        )
+    with pytest.raises(StartupError, match="refused these credentials"):
+        await connect_nats(secured.url, "anonymous", timeout=20)
+    # Not after the whole timeout: retrying cannot make the server change its mind.
+    assert asyncio.get_running_loop().time() - started < 10
