@@ -6,6 +6,7 @@ stream's duplicate window, and by the consumers' inbox past it)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,10 +69,15 @@ async def run_load(server: str, tmp_path: Path, replicas: int) -> dict[str, Any]
             async with system.running_system(
                 url, dbs.__getitem__, tmp_path, replicas=replicas, pw=pw
             ) as runtimes:
+                started = time.monotonic()
                 await system.restock(url, 10 * ORDERS, pw)
                 await system.submit(url, load, pw)
                 await system.wait_until_all_delivered(dbs.__getitem__, ORDERS, timeout=120)
                 worked = [(rt.name, processed(rt)) for rt in runtimes]
+                print(
+                    f"\n{replicas} replica(s) of every service: {ORDERS} orders delivered and "
+                    f"notified in {time.monotonic() - started:.1f}s; messages per process {worked}"
+                )
             result = await system.summary(dbs.__getitem__, "load")
             result["worked"] = worked
             result["events"] = await system.events_on_streams(url, pw)
