@@ -98,7 +98,10 @@ async def connect_nats(
     Raises StartupError with one plain sentence when NATS cannot be reached at all, or at once
     when the server refuses the credentials (retrying would not change its mind).
     """
-    options = auth.options() if auth else {}
+    try:
+        options = auth.options() if auth else {}
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load the NATS TLS files: {exc}") from exc
     connected = False
     client: NATS | None = None
     refused: list[str] = []

@@ -106,3 +106,10 @@ async def test_a_cluster_whose_routes_require_tls_forms_and_replicates(tmp_path:
             await nc.close()
     finally:
         cluster.stop()
+
+
+async def test_a_missing_tls_file_is_said_plainly(tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match="cannot load the NATS TLS files"):
+        await connect_nats(
+            "nats://127.0.0.1:1", "x", auth=NatsAuth(tls_ca_file=tmp_path / "missing.pem")
+        )
