@@ -392,3 +392,7 @@ def test_k8s_nats_runs_the_deploy_config_as_a_three_node_cluster() -> None:
     routes = {env[f"NATS_ROUTE_{i}"]["value"] for i in (1, 2, 3)}
     assert routes == {f"nats-route://nats-{i}.{headless}:{ports['cluster']}" for i in range(3)}
     assert env["NATS_SERVER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # Drains take one node at a time, so the R3 streams keep a quorum.
+    pdb = find(docs, "PodDisruptionBudget", "nats")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
