@@ -87,3 +87,18 @@ async def test_killing_a_node_mid_load_leaves_every_order_in_exactly_one_final_s
     assert events["orderflow.intake.order_accepted"] == ORDERS
     assert events["orderflow.inventory.stock_reserved"] == ORDERS
     assert events["orderflow.fulfillment.shipment_delivered"] == ORDERS
+
+
+def test_the_fsync_interval_is_a_setting_of_the_embedded_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from orderflow.launcher import Launcher
+    from shared.settings import ServiceSettings
+
+    monkeypatch.setenv("ORDERFLOW_NATS_SYNC_INTERVAL", "always")
+    config = Launcher(tmp_path).nats.config_text()
+    assert config is not None and 'sync_interval: "always"' in config
+    with pytest.raises(ValidationError):
+        ServiceSettings(nats_sync_interval="soon")
