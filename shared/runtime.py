@@ -14,7 +14,7 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -295,11 +295,7 @@ class ServiceRuntime:
     async def stop(self) -> None:
         for consumer in self.consumers:
             await consumer.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel_all(self._tasks)
         await self.outbox.drain()
         with contextlib.suppress(Exception):
             await self.outbox.relay_once(self.db, min_age_s=1e9)
@@ -481,6 +477,22 @@ def _observe_http(metrics: ServiceMetrics, service: str) -> Any:
             ).observe(time.perf_counter() - started)
 
     return observe
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Task[Any]], patience_s: float = 10.0) -> None:
+    """Cancel tasks and wait for them to end, cancelling again any that swallowed its
+    cancellation: on Python 3.11 ``asyncio.wait_for`` (inside nats-py's requests too) drops a
+    cancellation that arrives as the awaited result does, and the task carries on."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + patience_s
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(t.get_name() for t in pending)
+            log.warning("background tasks did not stop in %.0fs: %s", patience_s, names)
+            return
 
 
 async def _forever(job: Callable[[], Awaitable[None]]) -> None:
