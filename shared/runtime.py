@@ -272,7 +272,10 @@ class ServiceRuntime:
                 self.outbox.run_relay(self.db, self.settings.outbox_sweep_s), name="outbox-relay"
             )
         )
-        for job in [self.watch_backlog, *self.background]:
+        jobs = [self.watch_backlog, *self.background]
+        if self.db.is_sqlite:
+            jobs.append(self._checkpoints)
+        for job in jobs:
             self._tasks.append(
                 asyncio.create_task(_forever(job), name=getattr(job, "__name__", "job"))
             )
@@ -408,6 +411,14 @@ class ServiceRuntime:
         except Exception as exc:
             m.backlog_scrape_errors.labels(self.name, "jetstream").inc()
             log.debug("backlog: dead-letter stream info failed: %s", exc)
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.db.checkpoint()
+            except Exception as exc:  # busy or locked: the next pass will do it
+                log.debug("SQLite checkpoint skipped: %s", exc)
 
     async def watch_backlog(self) -> None:
         while True:
