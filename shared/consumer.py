@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from sqlalchemy import Table
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import subjects
@@ -273,7 +274,7 @@ class BatchConsumer:
             return
         started = time.perf_counter()
         try:
-            rows = await self._apply([incoming for _, incoming in items])
+            rows = await self._apply([incoming for _, incoming in items], batch)
         except Exception as exc:
             if len(items) == 1:
                 await self._failed(items[0][0], exc)
@@ -283,7 +284,7 @@ class BatchConsumer:
             )
             for msg, incoming in items:
                 try:
-                    rows = await self._apply([incoming])
+                    rows = await self._apply([incoming], [msg])
                 except Exception as one_exc:
                     await self._failed(msg, one_exc)
                     continue
@@ -298,7 +299,46 @@ class BatchConsumer:
             await msg.ack()
         self.outbox.publish_soon(rows)
 
-    async def _apply(self, items: list[Incoming]) -> list[dict[str, Any]]:
+    async def _apply(self, items: list[Incoming], msgs: list[Msg]) -> list[dict[str, Any]]:
+        """Apply, waiting out a database that cannot be reached: an outage is not the
+        messages' fault, so it must not spend their tries (they would be dead-lettered after a
+        few seconds of it). Meanwhile the messages are kept in progress, so JetStream neither
+        redelivers them nor counts deliveries towards its own limit."""
+        waited_since: float | None = None
+        while True:
+            try:
+                rows = await self._apply_once(items)
+            except Exception as exc:
+                if self._stopping or not await self._database_unavailable(exc):
+                    raise
+                now = time.monotonic()
+                if waited_since is None:
+                    waited_since = now
+                    log.warning(
+                        "%s: database unavailable (%r); holding %d messages until it is back",
+                        self.spec.name,
+                        exc,
+                        len(msgs) + len(self._pending),
+                    )
+                for msg in [*msgs, *self._pending]:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+                await asyncio.sleep(min(0.25 * 2 ** min((now - waited_since) // 2, 4), 2.0))
+                continue
+            if waited_since is not None:
+                log.info(
+                    "%s: database back after %.1fs", self.spec.name, time.monotonic() - waited_since
+                )
+            return rows
+
+    async def _database_unavailable(self, exc: Exception) -> bool:
+        """A connection the database refused or dropped, or a SQLite file another process
+        holds locked past the busy timeout: nothing a retry of the same message would fix."""
+        if isinstance(exc, OperationalError) and "locked" in str(exc):
+            return True
+        return not await self.db.ping()
+
+    async def _apply_once(self, items: list[Incoming]) -> list[dict[str, Any]]:
         async def work(uow: UnitOfWork) -> None:
             conn = uow.conn
             seen = await already_applied(
