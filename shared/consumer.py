@@ -267,9 +267,18 @@ class BatchConsumer:
             if msg.metadata.num_delivered > 1:
                 self.metrics.redeliveries.labels(self.service, self.spec.name).inc()
             try:
-                items.append((msg, self.spec.decode(msg)))
+                incoming = self.spec.decode(msg)
             except Exception as exc:
                 await self._dead_letter(msg, f"undecodable: {exc}")
+                continue
+            if incoming.kind not in self.spec.handlers:
+                # A valid event of a type this consumer does not take, on a subject it does:
+                # acking it would drop it unseen.
+                await self._dead_letter(
+                    msg, f"unexpected {incoming.kind!r} on {msg.subject}: no handler for it here"
+                )
+                continue
+            items.append((msg, incoming))
         if not items:
             return
         started = time.perf_counter()
