@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -12,12 +12,19 @@ from tests.conftest import _create_database, _drop_database, run_outside_loop
 
 
 @pytest.fixture
-def postgres_database(postgres_server: str) -> Iterator[str]:
-    """A fresh database on the shared PostgreSQL (SQLAlchemy async URL); dropped afterwards."""
-    name = f"orderflow_f_{uuid.uuid4().hex}"
-    run_outside_loop(_create_database(postgres_server, name))
-    url = make_url(postgres_server).set(drivername="postgresql+asyncpg", database=name)
+def postgres_databases(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh databases on the shared PostgreSQL (SQLAlchemy async URLs); drops them after."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"orderflow_f_{uuid.uuid4().hex}"
+        run_outside_loop(_create_database(postgres_server, name))
+        made.append(name)
+        url = make_url(postgres_server).set(drivername="postgresql+asyncpg", database=name)
+        return url.render_as_string(hide_password=False)
+
     try:
-        yield url.render_as_string(hide_password=False)
+        yield make
     finally:
-        run_outside_loop(_drop_database(postgres_server, name))
+        for name in made:
+            run_outside_loop(_drop_database(postgres_server, name))
