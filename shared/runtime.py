@@ -104,7 +104,7 @@ class ServiceRuntime:
         self.inbox = metadata.tables["inbox"]
         self.streams = streams
         self.rpc = RpcServer(name)
-        self.http = web.Application()
+        self.http = web.Application(middlewares=[self._database_unavailable])
         self.http_port: int | None = None
         self.consumer_specs: list[ConsumerSpec] = []
         self.consumers: list[BatchConsumer] = []
@@ -203,6 +203,26 @@ class ServiceRuntime:
         await stop.wait()
         log.info("%s stopping", self.name)
         await self.stop()
+
+    @web.middleware
+    async def _database_unavailable(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A request that failed while the database cannot be reached gets 503 and a hint to
+        retry, not a 500: the caller did nothing wrong, and a retry will be answered."""
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            if await self.db.ping():
+                raise
+            log.warning("%s %s: database unavailable: %r", request.method, request.path, exc)
+            return web.json_response(
+                {"error": "the database is unavailable; try again shortly"},
+                status=503,
+                headers={"Retry-After": "2"},
+            )
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "alive", "service": self.name})
