@@ -16,10 +16,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import orjson
@@ -40,6 +40,7 @@ from shared.settings import ServiceSettings
 from tests.conftest import settings_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SERVICES = subjects.SERVICES
 FACTORIES = {
@@ -172,6 +173,39 @@ async def publish_load(js: JetStreamContext, items: list[demo.Submitted], rate: 
     return retried
 
 
+async def load_during(
+    js: JetStreamContext, items: list[demo.Submitted], rate: float, faults: Awaitable[T]
+) -> tuple[list[demo.Submitted], T]:
+    """Submit ``items`` at ``rate``/s for as long as ``faults`` runs (and a second more), so
+    every fault lands while orders are flowing however slow the machine. Returns what was
+    submitted (a prefix of ``items``) and what ``faults`` returned; fails if ``items`` ran out
+    before the faults ended."""
+    stop = asyncio.Event()
+    sent = 0
+
+    async def publish() -> None:
+        nonlocal sent
+        started = time.monotonic()
+        for i, item in enumerate(items):
+            if stop.is_set():
+                return
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await publish_until_stored(js, item, f"fault-load:{item.external_id}:{i}")
+            sent = i + 1
+
+    load = asyncio.create_task(publish())
+    try:
+        result = await faults
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await load
+    assert sent < len(items), f"the load of {len(items)} ran out before the faults ended"
+    return items[:sent], result
+
+
 class TcpProxy:
     """A TCP forwarder the test controls: ``cut()`` closes every connection and refuses new
     ones (the database looks down to the service), ``restore()`` lets them through again."""
@@ -245,6 +279,7 @@ __all__ = [
     "connect",
     "free_port",
     "in_process_system",
+    "load_during",
     "metric_total",
     "publish_load",
     "sqlite_urls",

@@ -128,6 +128,7 @@ class Tally:
         self.answers: collections.Counter[str] = collections.Counter()
         self.problems: list[str] = []
         self.dead: list[invariants.ExpectedDeadLetter] = []
+        self.answered: set[str] = set()
 
     def bad(self, text: str) -> None:
         self.problems.append(text)
@@ -197,6 +198,7 @@ async def intake_http(system: InProcessSystem, tally: Tally) -> None:
         for path in ("/orders/" + "x" * 5000, "/orders/..%2F..%2Fetc", "/orders?limit=abc"):
             async with http.get(base + path, headers=web_key) as r:
                 tally.injected["http"] += 1
+                tally.answers[f"http {r.status}"] += 1
                 if r.status >= 500:
                     tally.bad(f"GET {path[:40]}: {r.status}")
 
@@ -242,6 +244,8 @@ async def commands(nc: NATS, system: InProcessSystem, tally: Tally) -> None:
                 reply = orjson.loads(reply_msg.data)
                 tally.injected["nats command"] += 1
                 tally.answers["command ok" if reply.get("ok") else "command refused"] += 1
+                if reply.get("ok"):
+                    tally.answered.add(f"{service}.{name}")
                 if "internal error" in str(reply.get("error", "")):
                     tally.bad(f"{service}.{name} {body[:60]!r}: {reply['error'][:200]}")
                 elif reply.get("ok") and name in MUTATING and body != b"{}":
@@ -460,7 +464,8 @@ async def test_hostile_inputs_on_every_entry_point_change_nothing_and_crash_noth
     rejected = await rejections_of(observed, seqs)
     print(
         f"\nhostile inputs injected {dict(tally.injected)}; answers {dict(tally.answers)}; "
-        f"{len(tally.dead)} dead letters expected; {report.figures}"
+        f"{len(tally.dead)} dead letters expected; commands that answered: "
+        f"{sorted(tally.answered)}; {report.figures}"
     )
     missing = [s for s in seqs if rejected.get(s) != 1]
     assert not missing, f"hostile NATS submissions without exactly one rejection: {missing[:10]}"
