@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.slow]
 OUTAGE_S = 4.0
 
 
+@pytest.mark.postgres
 async def test_postgres_refusing_connections_for_seconds_loses_and_repeats_nothing(
     nats_url: str, postgres_databases: Callable[[], str], tmp_path: Path
 ) -> None:
