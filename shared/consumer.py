@@ -318,8 +318,11 @@ class BatchConsumer:
             try:
                 rows = await self._apply_once(items)
             except Exception as exc:
-                if self._stopping or not await self._database_unavailable(exc):
+                if not await self._database_unavailable(exc):
                     raise
+                if self._stopping:
+                    # Not the messages' fault either: leave them unacked for redelivery.
+                    raise asyncio.CancelledError from exc
                 now = time.monotonic()
                 if waited_since is None:
                     waited_since = now
