@@ -295,7 +295,8 @@ def envelope(event_type: str, version: Any, data: Any, **changes: Any) -> bytes:
 
 
 async def events(nc: NATS, system: InProcessSystem, tally: Tally) -> None:
-    """Garbage and unknown versions on the subjects services consume from each other."""
+    """Garbage and unknown versions on the subjects services consume from each other: every
+    consumer of the subject must park each message, with why."""
     js = nc.jetstream()
     accepted = orjson.loads(orjson.dumps(order_doc()))
     subject = subjects.event(subjects.INTAKE, "order_accepted", uuid7())
@@ -331,6 +332,34 @@ async def events(nc: NATS, system: InProcessSystem, tally: Tally) -> None:
             tally.dead.append(
                 invariants.ExpectedDeadLetter(f"{what} ({consumer})", matches, reason)
             )
+    # The same on the other streams' subjects, for each of their consumers.
+    for producer, event_type, its_consumers in (
+        (subjects.INVENTORY, "stock_reserved", ("fulfillment-reservations", "intake-status-view")),
+        (
+            subjects.FULFILLMENT,
+            "shipment_shipped",
+            ("inventory-shipments", "intake-shipment-view", "notify-fulfillment"),
+        ),
+        (
+            subjects.FULFILLMENT,
+            "order_cancelled",
+            ("inventory-shipments", "intake-cancellation-view", "notify-fulfillment"),
+        ),
+    ):
+        for what, body, reason in (
+            ("not JSON", f"garbage {event_type}".encode(), "undecodable"),
+            (f"{event_type} v99", envelope(event_type, 99, {"who": event_type}), "newer than"),
+        ):
+            await js.publish(subjects.event(producer, event_type, uuid7()), body)
+            tally.injected["events"] += 1
+            for consumer in its_consumers:
+
+                def on(msg: Msg, body: bytes = body, consumer: str = consumer) -> bool:
+                    return (msg.headers or {}).get("Orderflow-Consumer") == consumer and (
+                        msg.data == body
+                    )
+
+                tally.dead.append(invariants.ExpectedDeadLetter(f"{what} ({consumer})", on, reason))
 
 
 class Cli:
