@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit bench install clean
+.PHONY: run test lint unit bench install clean prometheus-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,25 @@ run: $(STAMP)
 	$(BIN)/orderflow up
 
 ## Lint, type-check and run every test (unit, integration, end to end).
-test: $(STAMP) lint
+test: $(STAMP) lint prometheus-tools
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## promtool and prometheus (Debian's prometheus package) for tests/sre: found, or installed when
+## root and apt-get allow; otherwise those tests skip and say why.
+prometheus-tools:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's prometheus package (promtool, prometheus) for tests/sre"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+	       apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
+	  || echo "could not install prometheus; tests/sre that need it will skip"; \
+	else echo "promtool/prometheus not found (need root and apt-get to install): tests/sre that need them will skip"; fi
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/test_independence.py

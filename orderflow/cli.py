@@ -10,10 +10,14 @@ import threading
 
 import nats.errors
 
+from orderflow import endpoints
 from orderflow.commands import (
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     bench,
+    contracts,
+    migrate,
+    monitoring,
     notifications,
     orders,
     shipments,
@@ -24,7 +28,17 @@ from shared import rpc
 from shared.runtime import StartupError
 
 # One module per area; a new area adds its module here.
-COMMAND_MODULES = (system, orders, stock, bench, shipments, notifications)
+COMMAND_MODULES = (
+    system,
+    orders,
+    stock,
+    bench,
+    shipments,
+    notifications,
+    migrate,
+    contracts,
+    monitoring,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
             "talk to a running system find it through $ORDERFLOW_HOME/endpoints.json (default "
             "./var/endpoints.json) or ORDERFLOW_NATS_URL."
         ),
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="operator token to act with (default: ORDERFLOW_TOKEN, else the admin token in "
+        "$ORDERFLOW_HOME/credentials.json)",
     )
     sub = parser.add_subparsers(metavar="COMMAND")
     for module in COMMAND_MODULES:
@@ -49,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
+    endpoints.use_token(args.token)
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_UNREACHABLE

@@ -1,4 +1,6 @@
-"""How the CLI finds a running system: ``$ORDERFLOW_HOME/endpoints.json`` unless told otherwise."""
+"""How the CLI finds a running system (``$ORDERFLOW_HOME/endpoints.json`` unless told otherwise)
+and who it acts as (``--token``, else ``ORDERFLOW_TOKEN``, else the admin token that ``orderflow
+up`` wrote to ``$ORDERFLOW_HOME/credentials.json``)."""
 
 from __future__ import annotations
 
@@ -59,3 +61,29 @@ def service_url(service: str) -> str:
 async def connect() -> NATS:
     url = nats_url()
     return await connect_nats(url, "orderflow-cli", timeout=3.0)
+
+
+_token_override: str | None = None
+
+
+def use_token(token: str | None) -> None:
+    """The operator token given on the command line (``orderflow --token ...``)."""
+    global _token_override
+    _token_override = token
+
+
+def operator_token() -> str | None:
+    if _token_override:
+        return _token_override
+    if os.environ.get("ORDERFLOW_TOKEN"):
+        return os.environ["ORDERFLOW_TOKEN"]
+    try:
+        creds: Any = json.loads((home() / "credentials.json").read_text())
+    except (OSError, ValueError):
+        return None
+    operators = creds.get("operators") if isinstance(creds, dict) else None
+    if not isinstance(operators, dict):
+        return None
+    usable = [e for e in operators.values() if isinstance(e, dict) and e.get("token")]
+    usable.sort(key=lambda e: e.get("role") != "admin")  # the machine's admin first
+    return str(usable[0]["token"]) if usable else None

@@ -29,9 +29,9 @@ from shared import rpc, subjects
 from shared.embedded_nats import EmbeddedNats, free_port
 
 SERVICES = subjects.SERVICES
-# Channels that get an HTTP API key of their own, and the operators' keys (they see every order).
+# Channels that get an HTTP API key of their own, and the operator who runs this machine.
 KEYED_CHANNELS = (*demo.CHANNELS, "spreadsheet")
-OPERATORS = ("ops",)
+LOCAL_OPERATOR = "ops"
 
 
 def credentials_file(home: Path) -> Path:
@@ -39,21 +39,28 @@ def credentials_file(home: Path) -> Path:
 
 
 def ensure_credentials(home: Path) -> dict[str, Any]:
-    """``{"channels": {name: key}, "operators": {name: key}}`` in the home folder, readable by
-    its owner only. Keys already there are kept (channels configured with them keep working);
-    missing ones are generated."""
+    """``credentials.json`` in the home folder, readable by its owner only: a dict of sections
+    (``"channels": {name: key}``, ``"operators": {name: {"role", "token"}}``; other sections,
+    such as NATS users, are kept as they are). Keys already there are kept (channels configured
+    with them keep working); missing ones are generated, and the local operator is an admin."""
     path = credentials_file(home)
     try:
         creds: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         creds = {}
     changed = False
-    for section, names in (("channels", KEYED_CHANNELS), ("operators", OPERATORS)):
-        keys = creds.setdefault(section, {})
-        for name in names:
-            if name not in keys:
-                keys[name] = secrets.token_urlsafe(32)
-                changed = True
+    channels = creds.setdefault("channels", {})
+    for name in KEYED_CHANNELS:
+        if name not in channels:
+            channels[name] = secrets.token_urlsafe(32)
+            changed = True
+    operators = creds.setdefault("operators", {})
+    local = operators.get(LOCAL_OPERATOR)
+    if not isinstance(local, dict):
+        # A bare token is how the file looked before roles: the same token, now an admin's.
+        token = local if isinstance(local, str) else secrets.token_urlsafe(32)
+        operators[LOCAL_OPERATOR] = {"role": "admin", "token": token}
+        changed = True
     if changed:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -63,6 +70,11 @@ def ensure_credentials(home: Path) -> dict[str, Any]:
         os.chmod(tmp, 0o600)
         tmp.replace(path)
     return creds
+
+
+def local_token(creds: dict[str, Any]) -> str:
+    token: str = creds["operators"][LOCAL_OPERATOR]["token"]
+    return token
 
 
 class ServiceProcess:
@@ -149,7 +161,7 @@ class Launcher:
         info = self.endpoints()
         write_endpoints(info, self.home)
         self.say(f"all four services ready; endpoints in {endpoints_file(self.home)}")
-        self.say(f"channel API keys in {credentials_file(self.home)}")
+        self.say(f"channel API keys and the admin operator token in {credentials_file(self.home)}")
         for name, proc in self.services.items():
             self.say(f"  {name:<12} {proc.url}  (log: {proc.log_path})")
         return info
@@ -214,7 +226,7 @@ class Launcher:
             endpoints_file(self.home).unlink()
 
 
-async def seed_catalogue(nc: NATS) -> None:
+async def seed_catalogue(nc: NATS, token: str) -> None:
     for sku, units, _price in demo.CATALOGUE:
         for warehouse in demo.WAREHOUSES:
             await rpc.call(
@@ -228,6 +240,7 @@ async def seed_catalogue(nc: NATS) -> None:
                     "reason": "demo catalogue",
                     "actor": "launcher",
                 },
+                token=token,
             )
 
 
@@ -276,7 +289,7 @@ async def up(
     try:
         info = await launcher.start()
         nc = await nats.connect(info["nats_url"], name="orderflow-launcher")
-        await seed_catalogue(nc)
+        await seed_catalogue(nc, local_token(launcher.credentials))
         launcher.say(f"seeded {len(demo.CATALOGUE)} SKUs in {len(demo.WAREHOUSES)} warehouses")
         demo_task: asyncio.Task[float] | None = None
         sent = demo.Counter()

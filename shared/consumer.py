@@ -31,8 +31,8 @@ from sqlalchemy import Table
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared import subjects
-from shared.contracts.envelope import Envelope, Event, decode_envelope, new_envelope
+from shared import logs, subjects
+from shared.contracts.envelope import Envelope, Event, decode_envelope, decode_header, new_envelope
 from shared.db import Database
 from shared.inbox import already_applied, record_applied
 from shared.metrics import ServiceMetrics
@@ -118,6 +118,13 @@ async def run_after_commit(callbacks: list[Callable[[], Awaitable[None]]]) -> No
 def decode_event(msg: Msg) -> Incoming:
     env = decode_envelope(msg.data)
     return Incoming(env.type, env.event_id, env)
+
+
+def decode_event_header(msg: Msg) -> Incoming:
+    """For handlers that read only the envelope (type, key, time): the payload is not validated,
+    a third of the cost of ``decode_event``."""
+    header = decode_header(msg.data)
+    return Incoming(header.type, header.event_id, header)
 
 
 @dataclass
@@ -281,6 +288,8 @@ class BatchConsumer:
             items.append((msg, incoming))
         if not items:
             return
+        # Log lines name the order only when there is one (once per batch, not per message).
+        logs.bind_body(items[0][1].body if len(items) == 1 else None)
         started = time.perf_counter()
         try:
             rows = await self._apply([incoming for _, incoming in items], batch)
@@ -292,6 +301,7 @@ class BatchConsumer:
                 "%s: batch of %d failed (%s); retrying one by one", self.spec.name, len(items), exc
             )
             for msg, incoming in items:
+                logs.bind_body(incoming.body)
                 try:
                     rows = await self._apply([incoming], [msg])
                 except Exception as one_exc:

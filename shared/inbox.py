@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from sqlalchemy import Column, Float, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Float, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.db import bulk_insert
 
 
 def inbox_table(metadata: MetaData) -> Table:
@@ -37,7 +39,7 @@ async def record_applied(
 ) -> None:
     if message_ids:
         now = time.time()
-        await conn.execute(
-            insert(table),
+        await bulk_insert(table)(
+            conn,
             [{"consumer": consumer, "message_id": m, "processed_at": now} for m in message_ids],
         )

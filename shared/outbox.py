@@ -24,8 +24,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     func,
-    insert,
     select,
     text,
     update,
@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.contracts.envelope import Envelope
-from shared.db import Database
+from shared.db import Bulk, Database, bulk_insert
 from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,11 @@ class Outbox:
     def __init__(self, table: Table, metrics: ServiceMetrics) -> None:
         self.table = table
         self.metrics = metrics
+        self._mark = Bulk(
+            update(table)
+            .where(table.c.event_id == bindparam("eid"))
+            .values(published_at=bindparam("at"))
+        )
         self.js: JetStreamContext | None = None
         self._to_mark: list[str] = []
         self._inflight: set[str] = set()
@@ -85,7 +90,7 @@ class Outbox:
             }
             for e in envelopes
         ]
-        await conn.execute(insert(self.table), rows)
+        await bulk_insert(self.table)(conn, rows)
         return rows
 
     def take_marks(self) -> list[str]:
@@ -97,11 +102,8 @@ class Outbox:
 
     async def mark(self, conn: AsyncConnection, event_ids: list[str]) -> None:
         if event_ids:
-            await conn.execute(
-                update(self.table)
-                .where(self.table.c.event_id.in_(event_ids))
-                .values(published_at=time.time())
-            )
+            now = time.time()
+            await self._mark(conn, [{"eid": e, "at": now} for e in event_ids])
 
     def publish_soon(self, rows: list[dict[str, Any]]) -> None:
         """Publish committed rows without holding up the caller; the acks are gathered in the

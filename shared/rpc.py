@@ -6,6 +6,7 @@ Reply body: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "...", "
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from shared import subjects
+from shared.operators import NotAllowed, Operators, bearer_token, records_actor
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,13 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 
 class RpcServer:
-    def __init__(self, service: str) -> None:
+    """Answers ``orderflow.rpc.<service>.<command>``. Every request carries an operator token
+    (``Authorization: Bearer <token>`` header) whose role must allow the command; the operator
+    becomes the ``actor`` of a change, whatever the payload claimed."""
+
+    def __init__(self, service: str, operators: Operators) -> None:
         self.service = service
+        self.operators = operators
         self.commands: dict[str, Command] = {}
 
     def register(self, name: str, command: Command) -> None:
@@ -58,10 +65,16 @@ class RpcServer:
             command = self.commands.get(name)
             if command is None:
                 raise CommandRefused(f"unknown command {name!r}")
+            token = bearer_token((msg.headers or {}).get("Authorization"))
+            operator = self.operators.check(token, self.service, name)
             payload = orjson.loads(msg.data) if msg.data else {}
             if not isinstance(payload, dict):
                 raise CommandRefused("the request body must be a JSON object")
+            if records_actor(self.service, name):
+                payload["actor"] = operator.actor(payload.get("actor"))
             reply = {"ok": True, "result": await command(payload)}
+        except NotAllowed as exc:
+            reply = {"ok": False, "error": exc.reason, "status": exc.status}
         except CommandRefused as exc:
             reply = {"ok": False, "error": exc.reason, "errors": exc.errors}
         except ValidationError as exc:
@@ -76,11 +89,21 @@ class RpcServer:
 
 
 async def call(
-    nc: NATS, service: str, command: str, payload: dict[str, Any], timeout: float = 5.0
+    nc: NATS,
+    service: str,
+    command: str,
+    payload: dict[str, Any],
+    timeout: float = 5.0,
+    token: str | None = None,
 ) -> Any:
-    """Send a command and return its result; raises CommandRefused with the service's reason."""
+    """Send a command as the operator ``token`` names (default: ``ORDERFLOW_TOKEN``) and return
+    its result; raises CommandRefused with the service's reason."""
+    token = token or os.environ.get("ORDERFLOW_TOKEN")
     msg = await nc.request(
-        subjects.rpc(service, command), orjson.dumps(payload, default=str), timeout=timeout
+        subjects.rpc(service, command),
+        orjson.dumps(payload, default=str),
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {token}"} if token else None,
     )
     reply = orjson.loads(msg.data)
     if not reply.get("ok"):

@@ -14,24 +14,35 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import MetaData
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+from sqlalchemy import MetaData, func, select
 
+from shared import logs
 from shared import streams as stream_specs
 from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, in_unit_of_work
 from shared.db import Database
 from shared.metrics import ServiceMetrics
+from shared.migrations import MigrationError, upgrade
+from shared.operators import NotAllowed, Operator, Operators, OperatorsError, bearer_token
 from shared.outbox import Outbox
-from shared.rpc import RpcServer
+from shared.rpc import Command, CommandRefused, RpcServer
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The operator an HTTP request acts as, on routes in ``ServiceRuntime.http_commands``.
+OPERATOR = web.RequestKey("operator", Operator)
+# /readyz and the backlog job give up on a dependency that has not answered in this long.
+READY_TIMEOUT_S = 2.0
 
 
 class StartupError(RuntimeError):
@@ -95,16 +106,32 @@ class ServiceRuntime:
         settings: ServiceSettings,
         metadata: MetaData,
         streams: tuple[stream_specs.StreamSpec, ...],
+        migrations: Path | None = None,
     ) -> None:
         self.name = name
+        # The service's Alembic revisions; without them (tests' ad-hoc services) create_all.
+        self.migrations = migrations
         self.settings = settings
         self.metrics = ServiceMetrics(name)
         self.db = Database(settings.database_url_for(name), metadata)
         self.outbox = Outbox(metadata.tables["outbox"], self.metrics)
         self.inbox = metadata.tables["inbox"]
         self.streams = streams
-        self.rpc = RpcServer(name)
-        self.http = web.Application(middlewares=[self._database_unavailable])
+        try:
+            self.operators = Operators.configured(settings.operators, [settings.operators_path()])
+        except OperatorsError as exc:
+            raise StartupError(str(exc)) from exc
+        self.rpc = RpcServer(name, self.operators)
+        # (method, route) -> the command it runs: such routes want an operator token whose role
+        # may run that command ("{action}": the command is named by that part of the path).
+        self.http_commands: dict[tuple[str, str], str] = {}
+        self.http = web.Application(
+            middlewares=[
+                _observe_http(self.metrics, name),
+                self._operators_only(),
+                self._database_unavailable,
+            ]
+        )
         self.http_port: int | None = None
         self.consumer_specs: list[ConsumerSpec] = []
         self.consumers: list[BatchConsumer] = []
@@ -136,7 +163,12 @@ class ServiceRuntime:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         try:
-            await self.db.create_schema()
+            if self.migrations is not None:
+                await upgrade(self.db, self.name, self.migrations)
+            else:
+                await self.db.create_schema()
+        except MigrationError as exc:
+            raise StartupError(str(exc)) from exc
         except Exception as exc:
             raise StartupError(f"cannot open the database {self.db.url!r}: {exc}") from exc
         self.nc = await connect_nats(self.settings.nats_url, f"orderflow-{self.name}")
@@ -149,13 +181,17 @@ class ServiceRuntime:
             )
             await consumer.start(self.js)
             self.consumers.append(consumer)
+        self.rpc.commands = {
+            command: _measured(self.metrics, command, run)
+            for command, run in self.rpc.commands.items()
+        }
         await self.rpc.start(self.nc)
         self._tasks.append(
             asyncio.create_task(
                 self.outbox.run_relay(self.db, self.settings.outbox_sweep_s), name="outbox-relay"
             )
         )
-        for job in self.background:
+        for job in [self.watch_backlog, *self.background]:
             self._tasks.append(
                 asyncio.create_task(_forever(job), name=getattr(job, "__name__", "job"))
             )
@@ -224,14 +260,99 @@ class ServiceRuntime:
                 headers={"Retry-After": "2"},
             )
 
+    def _operators_only(self) -> Middleware:
+        @web.middleware
+        async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+            command = self._command_of(request)
+            if command is None:
+                return await handler(request)
+            token = bearer_token(request.headers.get("Authorization"))
+            try:
+                request[OPERATOR] = self.operators.check(token, self.name, command)
+            except NotAllowed as exc:
+                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+                return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+            return await handler(request)
+
+        return check
+
+    def _command_of(self, request: web.Request) -> str | None:
+        resource = request.match_info.route.resource
+        if resource is None:
+            return None
+        command = self.http_commands.get((request.method, resource.canonical))
+        if command is not None and command.startswith("{"):
+            return request.match_info.get(command.strip("{}"))
+        return command
+
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "alive", "service": self.name})
 
-    async def _readyz(self, _request: web.Request) -> web.Response:
+    async def check_dependencies(self) -> tuple[bool, bool]:
+        """Whether NATS and the database answer now; also sets ``orderflow_dependency_up``."""
         nats_ok = self.nc is not None and self.nc.is_connected
-        db_ok = await self.db.ping()
+        try:
+            # A database behind a dead network path would hold the probe for minutes.
+            db_ok = await asyncio.wait_for(self.db.ping(), timeout=READY_TIMEOUT_S)
+        except TimeoutError:
+            db_ok = False
+        self.metrics.dependency_up.labels(self.name, "nats").set(int(nats_ok))
+        self.metrics.dependency_up.labels(self.name, "database").set(int(db_ok))
+        return nats_ok, db_ok
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        nats_ok, db_ok = await self.check_dependencies()
         body = {"service": self.name, "nats": nats_ok, "database": db_ok}
         return web.json_response(body, status=200 if nats_ok and db_ok else 503)
+
+    async def read_backlog(self) -> None:
+        """One pass of the backlog gauges: unpublished outbox rows and the oldest one's age
+        (the partial index on unpublished rows makes this a small index scan), and what
+        JetStream says of each durable consumer and of the dead-letter stream."""
+        m = self.metrics
+        await self.check_dependencies()
+        table = self.outbox.table
+        try:
+            async with self.db.reading() as conn:
+                count, oldest = (
+                    await conn.execute(
+                        select(func.count(), func.min(table.c.created_at)).where(
+                            table.c.published_at.is_(None)
+                        )
+                    )
+                ).one()
+            m.outbox_pending.set(count)
+            m.outbox_oldest_age.set(max(time.time() - oldest, 0.0) if oldest else 0.0)
+        except Exception as exc:
+            m.backlog_scrape_errors.labels(self.name, "outbox").inc()
+            log.debug("backlog: outbox query failed: %s", exc)
+        js = self.js
+        if js is None or self.nc is None or not self.nc.is_connected:
+            return
+        for consumer in self.consumers:
+            spec = consumer.spec
+            try:
+                info = await js.consumer_info(spec.stream, spec.name, timeout=READY_TIMEOUT_S)
+            except Exception as exc:
+                m.backlog_scrape_errors.labels(self.name, "jetstream").inc()
+                log.debug("backlog: consumer info of %s failed: %s", spec.name, exc)
+                continue
+            m.consumer_pending.labels(self.name, spec.name).set(info.num_pending or 0)
+            m.consumer_ack_pending.labels(self.name, spec.name).set(info.num_ack_pending or 0)
+            m.consumer_redelivered.labels(self.name, spec.name).set(info.num_redelivered or 0)
+        try:
+            dlq = await js.stream_info(stream_specs.DEAD_LETTERS.name)
+            m.dead_letter_messages.set(dlq.state.messages)
+        except NotFoundError:
+            m.dead_letter_messages.set(0)
+        except Exception as exc:
+            m.backlog_scrape_errors.labels(self.name, "jetstream").inc()
+            log.debug("backlog: dead-letter stream info failed: %s", exc)
+
+    async def watch_backlog(self) -> None:
+        while True:
+            await self.read_backlog()
+            await asyncio.sleep(self.settings.backlog_interval_s)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(
@@ -242,6 +363,60 @@ class ServiceRuntime:
     async def _stats(self, _request: web.Request) -> web.Response:
         body = await self.stats() if self.stats else {}
         return web.json_response({"service": self.name, **body})
+
+
+def _measured(metrics: ServiceMetrics, name: str, command: Command) -> Command:
+    """A command that records its duration and outcome, with the log context of its payload."""
+    service = metrics.service
+    children = {
+        outcome: metrics.rpc_duration.labels(service, name, outcome)
+        for outcome in ("ok", "refused", "error")
+    }
+
+    async def run(payload: dict[str, Any]) -> Any:
+        logs.bind_payload(payload)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await command(payload)
+            outcome = "ok"
+            return result
+        except (CommandRefused, ValidationError):
+            outcome = "refused"
+            raise
+        finally:
+            children[outcome].observe(time.perf_counter() - started)
+
+    return run
+
+
+def _observe_http(metrics: ServiceMetrics, service: str) -> Any:
+    """Middleware: each request's duration by route template (bounded, never the raw path)
+    and status class, and its correlation and order ids bound for the log lines it causes."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else "unmatched"
+        logs.bind(
+            request.match_info.get("order_id"),
+            request.headers.get("X-Correlation-Id"),
+        )
+        started = time.perf_counter()
+        status = 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.http_duration.labels(
+                service, template, request.method, f"{status // 100}xx"
+            ).observe(time.perf_counter() - started)
+
+    return observe
 
 
 async def _forever(job: Callable[[], Awaitable[None]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,26 @@ class ServiceSettings(BaseSettings):
     simulator_min_delay_s: float = 0.2
     simulator_max_delay_s: float = 1.5
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line with order and correlation ids"
+    )
+    backlog_interval_s: float = Field(
+        5.0, gt=0, description="How often outbox and consumer backlog gauges are refreshed"
+    )
+
+    operators: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Operator tokens as JSON: {name: {'role': sales|warehouse|finance|admin, "
+        "'token_sha256': hex}}, added to those of the operators file",
+    )
+    operators_file: Path | None = Field(
+        None,
+        description="JSON file whose 'operators' section holds operator tokens; default: "
+        "credentials.json in the home folder, if it exists",
+    )
+
+    def operators_path(self) -> Path:
+        return self.operators_file or self.home / "credentials.json"
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:

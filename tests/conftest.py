@@ -21,12 +21,22 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from shared.embedded_nats import EmbeddedNats
+from shared.operators import token_digest
 from shared.settings import ServiceSettings
 
 T = TypeVar("T")
 
 POSTGRES_ENV = "ORDERFLOW_TEST_POSTGRES"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Every service the tests start knows one admin operator, and rpc.call acts as it
+# (ORDERFLOW_TOKEN); tests of roles configure operators of their own.
+TEST_OPERATOR_TOKEN = "tests-admin-token-0123456789"
+os.environ.setdefault(
+    "ORDERFLOW_OPERATORS",
+    f'{{"tests": {{"role": "admin", "token_sha256": "{token_digest(TEST_OPERATOR_TOKEN)}"}}}}',
+)
+os.environ.setdefault("ORDERFLOW_TOKEN", TEST_OPERATOR_TOKEN)
+AS_OPERATOR = {"Authorization": f"Bearer {TEST_OPERATOR_TOKEN}"}
 POSTGRES_IMAGE = "postgres:16-alpine"
 
 

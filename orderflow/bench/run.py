@@ -29,7 +29,7 @@ from orderflow.bench.load import (
     stream_count,
     trace,
 )
-from orderflow.launcher import Launcher
+from orderflow.launcher import Launcher, local_token
 from shared import rpc, streams, subjects
 from shared.runtime import connect_nats
 
@@ -84,7 +84,7 @@ def stage_summary(load: Load, traced: Any) -> dict[str, Any]:
     return out
 
 
-async def seed(nc: NATS) -> None:
+async def seed(nc: NATS, token: str) -> None:
     for sku, units, _ in BENCH_SKUS:
         await rpc.call(
             nc,
@@ -98,6 +98,7 @@ async def seed(nc: NATS) -> None:
                 "actor": "bench",
             },
             timeout=30,
+            token=token,
         )
 
 
@@ -170,7 +171,7 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
     try:
         info = await launcher.start()
         nc = await connect_nats(info["nats_url"], "orderflow-bench")
-        await seed(nc)
+        await seed(nc, local_token(launcher.credentials))
         loads: list[Load] = []
         for i, rate in enumerate(cfg.rates):
             load = make_load(

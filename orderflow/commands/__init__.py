@@ -27,7 +27,9 @@ def run_async(coro: Awaitable[int]) -> int:
 async def _call(service: str, command: str, payload: dict[str, Any], timeout: float) -> Any:
     nc = await endpoints.connect()
     try:
-        return await rpc.call(nc, service, command, payload, timeout=timeout)
+        return await rpc.call(
+            nc, service, command, payload, timeout=timeout, token=endpoints.operator_token()
+        )
     finally:
         await nc.close()
 

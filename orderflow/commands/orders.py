@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
     cancel = sub.add_parser("cancel", help="ask to cancel an order (fulfillment decides)")
     cancel.add_argument("order_id")
     cancel.add_argument("--reason", default="cancelled on request")
-    cancel.add_argument("--actor", default="cli")
+    cancel.add_argument("--actor", default=None, help="for whom (recorded beside the operator)")
     add_json_flag(cancel)
     cancel.set_defaults(func=cmd_cancel)
 

@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     restock.add_argument("quantity", type=int)
     restock.add_argument("--warehouse", default="WH-1")
     restock.add_argument("--reason", default="restock")
-    restock.add_argument("--actor", default="cli")
+    restock.add_argument("--actor", default=None, help="for whom (recorded beside the operator)")
     add_json_flag(restock)
     restock.set_defaults(func=cmd_restock)
 
@@ -171,12 +171,12 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         _print_json(entries)
         return 0
     print(
-        f"{'AT':<26} {'WAREHOUSE':<10} {'ON HAND':>8} {'RESERVED':>9}  {'REASON':<20} {'BY':<12} REF"
+        f"{'AT':<26} {'WAREHOUSE':<10} {'ON HAND':>8} {'RESERVED':>9}  {'REASON':<20} {'BY':<24} REF"
     )
     for e in entries:
         print(
             f"{e['at'][:26]:<26} {e['warehouse']:<10} {e['delta_on_hand']:>+8} "
-            f"{e['delta_reserved']:>+9}  {e['reason'][:20]:<20} {e['actor'][:12]:<12} "
+            f"{e['delta_reserved']:>+9}  {e['reason'][:20]:<20} {e['actor'][:24]:<24} "
             f"{e['ref'] or ''}"
         )
     return 0

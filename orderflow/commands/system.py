@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from orderflow import endpoints
 from orderflow.commands import run_async
-from shared import subjects
+from shared import logs, subjects
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
 
@@ -71,12 +70,7 @@ def create_service(name: str, settings: ServiceSettings | None = None) -> Servic
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = ServiceSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s {args.service} %(levelname)s %(name)s: %(message)s",
-    )
-    # Per-message logging from the NATS client would cost a third of the throughput.
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    logs.configure(args.service, settings.log_level, settings.log_format)
     runtime = create_service(args.service)
 
     async def serve() -> int:

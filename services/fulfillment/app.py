@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.fulfillment import domain, handlers, returns, views
 from services.fulfillment.metrics import FulfillmentMetrics
-from services.fulfillment.models import metadata
+from services.fulfillment.models import MIGRATIONS, metadata
 from services.fulfillment.settings import FulfillmentSettings
 from services.fulfillment.simulator import WarehouseSimulator
 from shared import streams, subjects
@@ -31,7 +31,7 @@ from shared.contracts.fulfillment import (
 from shared.contracts.intake import OrderCancelRequested
 from shared.contracts.inventory import StockReserved
 from shared.rpc import Command, CommandRefused, validation_errors
-from shared.runtime import ServiceRuntime
+from shared.runtime import OPERATOR, ServiceRuntime
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         SERVICE,
         settings,
         metadata,
+        migrations=MIGRATIONS,
         streams=(streams.INTAKE, streams.INVENTORY, streams.FULFILLMENT, streams.DEAD_LETTERS),
     )
     metrics = FulfillmentMetrics.of(rt.metrics)
@@ -146,7 +147,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
                 return _invalid([{"field": "(body)", "reason": f"not valid JSON: {exc}"}])
             if not isinstance(body, dict):
                 return _invalid([{"field": "(body)", "reason": "the body must be a JSON object"}])
-            body.setdefault("actor", "http")
+            body["actor"] = request[OPERATOR].actor(body.get("actor"))
             payload = {**body, "order_id": request.match_info["order_id"]}
             try:
                 return web.json_response(await answer(request, payload))
@@ -192,6 +193,16 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
     rt.http.router.add_post("/orders/{order_id}/returns/receive", post_route(post_receive))
     rt.http.router.add_get("/orders/{order_id}/shipments", get_shipments)
     rt.http.router.add_get("/queue", get_queue)
+    # Each route wants an operator token whose role may run its command (shared/operators.py).
+    rt.http_commands.update(
+        {
+            ("POST", "/orders/{order_id}/{action}"): "{action}",
+            ("POST", "/orders/{order_id}/returns"): "return",
+            ("POST", "/orders/{order_id}/returns/receive"): "receive-return",
+            ("GET", "/orders/{order_id}/shipments"): "shipments",
+            ("GET", "/queue"): "queue",
+        }
+    )
 
     async def stats() -> dict[str, Any]:
         async with rt.db.reading() as conn:

@@ -3,6 +3,8 @@ queue), the log of who did what to them, and returns."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
     Column,
     Float,
@@ -21,6 +23,8 @@ from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
 metadata = MetaData()
+# Its versioned changes (Alembic), applied at start-up: shared/migrations.py.
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 # One row per order fulfillment has heard of, from its reservation or its cancellation, whichever
 # came first. It is where a cancel and a reservation racing for the same order meet: both insert

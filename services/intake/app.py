@@ -13,12 +13,13 @@ from sqlalchemy.exc import IntegrityError
 from services.intake import domain, handlers, http_api
 from services.intake.auth import ApiKeys, KeysError
 from services.intake.metrics import IntakeMetrics
-from services.intake.models import metadata
+from services.intake.models import MIGRATIONS, metadata
 from services.intake.routing import Router, RoutingError
 from services.intake.settings import IntakeSettings
 from shared import streams, subjects
-from shared.consumer import ConsumerSpec, Incoming, UnitOfWork, decode_event
+from shared.consumer import ConsumerSpec, Incoming, UnitOfWork, decode_event_header
 from shared.contracts.intake import SubmissionAnswer
+from shared.operators import OperatorsError
 from shared.rpc import CommandRefused
 from shared.runtime import ServiceRuntime, StartupError
 from shared.settings import ServiceSettings
@@ -60,8 +61,10 @@ class Intake:
         self.metrics = IntakeMetrics(rt.metrics)
         try:
             self.router = Router.from_file(settings.routing_rules_file)
-            self.keys = ApiKeys.load(settings.keys_file(), settings.channel_keys)
-        except (RoutingError, KeysError) as exc:
+            # A keys file of its own may name operators too; they act on every service's terms.
+            rt.operators.add_file(settings.keys_file())
+            self.keys = ApiKeys.load(settings.keys_file(), settings.channel_keys, rt.operators)
+        except (RoutingError, KeysError, OperatorsError) as exc:
             raise StartupError(str(exc)) from exc
         self.policy = handlers.SubmissionPolicy(
             self.metrics, self.router, settings.suspect_window_s, self.park_dead_letters
@@ -151,6 +154,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         SERVICE,
         settings,
         metadata,
+        migrations=MIGRATIONS,
         streams=(
             streams.SUBMISSIONS,
             streams.INTAKE,
@@ -182,7 +186,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
                 for t in ("stock_reserved", "stock_backordered")
             ],
             handlers={t: handlers.record_progress for t in ("stock_reserved", "stock_backordered")},
-            decode=decode_event,
+            decode=decode_event_header,
         )
     )
     shipment_types = [t for t in handlers.PROGRESS if t.startswith("shipment_")]
@@ -192,6 +196,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
             stream=streams.FULFILLMENT.name,
             filter_subjects=[subjects.events_of(subjects.FULFILLMENT, t) for t in shipment_types],
             handlers=dict.fromkeys(shipment_types, handlers.record_progress),
+            decode=decode_event_header,
         )
     )
     # A consumer of its own (not more filters on the shipment view's): an existing durable

@@ -1,5 +1,6 @@
 """Who is calling intake's HTTP API: a channel (submits and sees only its own orders) or an
-operator (sees every order). Keys come from configuration, never from code.
+operator (sees every order; acts as its role allows, shared/operators.py). Keys come from
+configuration, never from code.
 
 Keys are looked up by their SHA-256, so the lookup time says nothing about how much of a guessed
 key was right.
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.operators import Operators, bearer_token
+
 log = logging.getLogger(__name__)
 
 CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,31}$")
@@ -29,6 +32,7 @@ class KeysError(ValueError):
 class Principal:
     kind: Literal["channel", "operator"]
     name: str
+    role: str | None = None  # an operator's
 
     @property
     def actor(self) -> str:
@@ -39,39 +43,44 @@ class Principal:
 
 
 class ApiKeys:
-    def __init__(self, channels: dict[str, str], operators: dict[str, str] | None = None) -> None:
+    def __init__(self, channels: dict[str, str], operators: Operators | None = None) -> None:
+        self.operators = operators or Operators()
         self._by_digest: dict[bytes, Principal] = {}
-        for kind, keys in (("channel", channels), ("operator", operators or {})):
-            for name, key in keys.items():
-                if not CHANNEL_NAME.fullmatch(name):
-                    raise KeysError(f"{kind} name {name!r} is not a valid channel name")
-                if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
-                    raise KeysError(f"the key of {kind} {name!r} is shorter than {MIN_KEY_LENGTH}")
-                digest = _digest(key)
-                if digest in self._by_digest:
-                    raise KeysError(f"{kind} {name!r} shares its key with another")
-                self._by_digest[digest] = Principal(kind, name)  # type: ignore[arg-type]
+        for name, key in channels.items():
+            if not CHANNEL_NAME.fullmatch(name):
+                raise KeysError(f"channel name {name!r} is not a valid channel name")
+            if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
+                raise KeysError(f"the key of channel {name!r} is shorter than {MIN_KEY_LENGTH}")
+            digest = _digest(key)
+            if digest in self._by_digest or digest.hex() in self.operators.digests:
+                raise KeysError(f"channel {name!r} shares its key with another")
+            self._by_digest[digest] = Principal("channel", name)
 
     @property
     def channels(self) -> list[str]:
-        return sorted(p.name for p in self._by_digest.values() if p.kind == "channel")
+        return sorted(p.name for p in self._by_digest.values())
 
     def __len__(self) -> int:
-        return len(self._by_digest)
+        return len(self._by_digest) + len(self.operators)
 
     def principal(self, authorization: str | None) -> Principal | None:
         """The caller named by an ``Authorization: Bearer <key>`` header, or None."""
-        if not authorization:
+        key = bearer_token(authorization)
+        if key is None:
             return None
-        scheme, _, key = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            return None
-        return self._by_digest.get(_digest(key.strip()))
+        channel = self._by_digest.get(_digest(key))
+        if channel is not None:
+            return channel
+        operator = self.operators.identify(key)
+        return None if operator is None else Principal("operator", operator.name, operator.role)
 
     @classmethod
-    def load(cls, keys_file: Path, extra_channels: dict[str, str]) -> ApiKeys:
+    def load(
+        cls, keys_file: Path, extra_channels: dict[str, str], operators: Operators | None = None
+    ) -> ApiKeys:
+        """Channel keys from ``keys_file`` and the settings; operators as configured for every
+        service (the caller adds the keys file's ``"operators"`` section to them)."""
         channels: dict[str, str] = {}
-        operators: dict[str, str] = {}
         if keys_file.exists():
             try:
                 doc: Any = json.loads(keys_file.read_text())
@@ -80,7 +89,6 @@ class ApiKeys:
             if not isinstance(doc, dict) or not isinstance(doc.get("channels", {}), dict):
                 raise KeysError(f"{keys_file} must hold {{'channels': {{name: key}}}}")
             channels.update(doc.get("channels", {}))
-            operators.update(doc.get("operators", {}) or {})
         channels.update(extra_channels)
         keys = cls(channels, operators)
         if not keys:

@@ -17,7 +17,7 @@ from services.intake.metrics import IntakeMetrics
 from services.intake.models import customers, orders, rejections
 from services.intake.routing import Router
 from shared.consumer import UnitOfWork
-from shared.contracts.envelope import Envelope
+from shared.contracts.envelope import Envelope, EventHeader
 from shared.contracts.intake import (
     OrderAccepted,
     OrderCancelRequested,
@@ -344,7 +344,7 @@ def _forward_to(status: str) -> dict[str, Any]:
     }
 
 
-async def record_progress(uow: UnitOfWork, events: list[Envelope]) -> None:
+async def record_progress(uow: UnitOfWork, events: list[EventHeader]) -> None:
     """Keep the status view: stamp the stage's time, and move the status forward only."""
     status, column = PROGRESS[events[0].type]
     stmt = (

@@ -1,6 +1,6 @@
 """Intake's HTTP API, for channels that cannot speak NATS. Every /orders route wants
 ``Authorization: Bearer <key>``: a channel's key submits as that channel and sees only that
-channel's orders; an operator's key sees them all. The routes are described in openapi.py,
+channel's orders; an operator's token sees them all and cancels if its role allows. The routes are described in openapi.py,
 served on GET /openapi.json (a test checks the two agree)."""
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from aiohttp import web
 from services.intake import domain, handlers, openapi
 from services.intake.auth import Principal
 from shared.contracts.intake import MAX_SUBMISSION_BYTES, SubmissionAnswer
+from shared.operators import roles_for
 
 if TYPE_CHECKING:
     from services.intake.app import Intake
     from shared.runtime import ServiceRuntime
 
+SERVICE = "intake"
 BATCH_MAX = 1000
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 STATUSES = frozenset({*domain.STATUS_RANK, "rejected"})
@@ -141,6 +143,11 @@ class HttpApi:
             if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
                 return problem(400, "the body, if any, is {'reason': '...'}")
             reason = (body.get("reason") or reason)[:500]
+        if who.kind == "operator" and who.role not in roles_for(SERVICE, "cancel"):
+            needs = " or ".join(sorted(roles_for(SERVICE, "cancel")))
+            return problem(
+                403, f"operator {who.name!r} has the role {who.role}; cancelling needs {needs}"
+            )
         only = who.name if who.kind == "channel" else None
         answer = await self.intake.cancel(
             request.match_info["order_id"], reason, who.actor, only_channel=only

@@ -3,6 +3,8 @@ customer directory that routing reads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
     Column,
     Float,
@@ -20,6 +22,8 @@ from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
 metadata = MetaData()
+# Its versioned changes (Alembic), applied at start-up: shared/migrations.py.
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 orders = Table(
     "orders",

@@ -12,8 +12,8 @@ from shared.settings import ServiceSettings
 class IntakeSettings(ServiceSettings):
     channel_keys_file: Path | None = Field(
         None,
-        description="JSON file {'channels': {name: key}, 'operators': {name: key}} with the "
-        "HTTP API keys; default: credentials.json in the home folder, if it exists",
+        description="JSON file {'channels': {name: key}, 'operators': {...}} with the HTTP API "
+        "keys (operators: shared/operators.py); default: credentials.json in the home folder",
     )
     channel_keys: dict[str, str] = Field(
         default_factory=dict,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.inventory import commands, domain, handlers, queries
 from services.inventory.metrics import InventoryMetrics
-from services.inventory.models import metadata
+from services.inventory.models import MIGRATIONS, metadata
 from services.inventory.settings import InventorySettings
 from shared import streams, subjects
 from shared.consumer import ConsumerSpec, UnitOfWork
@@ -26,7 +26,7 @@ from shared.contracts.inventory import (
     TransferStock,
 )
 from shared.rpc import CommandRefused, validation_errors
-from shared.runtime import ServiceRuntime
+from shared.runtime import OPERATOR, ServiceRuntime
 from shared.settings import ServiceSettings
 
 SERVICE = subjects.INVENTORY
@@ -45,6 +45,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         SERVICE,
         settings,
         metadata,
+        migrations=MIGRATIONS,
         streams=(streams.INTAKE, streams.INVENTORY, streams.FULFILLMENT, streams.DEAD_LETTERS),
     )
     metrics = InventoryMetrics(rt.metrics)
@@ -183,6 +184,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
             if not isinstance(payload, dict):
                 return _unprocessable([{"field": "(body)", "reason": "must be a JSON object"}])
             payload.update(request.match_info)
+            payload["actor"] = request[OPERATOR].actor(payload.get("actor"))
             return await _answer(command, payload)
 
         return route
@@ -209,6 +211,20 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
     router.add_put("/stock/{sku}/reorder", posted(reorder))
     router.add_get("/warehouses", queried(warehouses))
     router.add_put("/warehouses/{code}", posted(warehouse))
+    # Each route wants an operator token whose role may run its command (shared/operators.py).
+    rt.http_commands.update(
+        {
+            ("GET", "/stock"): "stock",
+            ("GET", "/stock/forecast"): "forecast",
+            ("POST", "/stock/restock"): "restock",
+            ("POST", "/stock/adjust"): "adjust",
+            ("POST", "/stock/transfer"): "transfer",
+            ("GET", "/stock/{sku}/ledger"): "ledger",
+            ("PUT", "/stock/{sku}/reorder"): "reorder",
+            ("GET", "/warehouses"): "warehouses",
+            ("PUT", "/warehouses/{code}"): "warehouse",
+        }
+    )
 
     async def stats() -> dict[str, Any]:
         async with rt.db.reading() as conn:

@@ -229,6 +229,7 @@ async def set_warehouse(uow: UnitOfWork, command: SetWarehouse) -> dict[str, Any
                     "rank": command.rank or domain.next_warehouse_rank(ranks.values()),
                     "country": command.country,
                     "created_at": datetime.now(UTC).timestamp(),
+                    "updated_by": command.actor,
                 }
             ],
         )
@@ -239,6 +240,7 @@ async def set_warehouse(uow: UnitOfWork, command: SetWarehouse) -> dict[str, Any
         if command.country is not None:
             changes["country"] = command.country
         if changes:
+            changes["updated_by"] = command.actor
             await conn.execute(
                 update(warehouses).where(warehouses.c.code == command.code).values(**changes)
             )

@@ -3,6 +3,8 @@ per-SKU reorder settings and cancelled orders."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
@@ -21,6 +23,8 @@ from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
 metadata = MetaData()
+# Its versioned changes (Alembic), applied at start-up: shared/migrations.py.
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 warehouses = Table(
     "warehouses",
@@ -31,6 +35,8 @@ warehouses = Table(
     # Orders shipping to this country try it before the others (nearest first).
     Column("country", String(2)),
     Column("created_at", Float, nullable=False),
+    # Who created or last changed it (an operator); null for rows from before revision 0002.
+    Column("updated_by", String(64)),
 )
 
 # available = on_hand - reserved. ``shipped`` counts units that left and ``returned`` units that

@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 
 from services.notify import delivery, domain, handlers
 from services.notify.delivery import Dispatcher, NotifyMetrics, ResendRefused, UnknownDelivery
-from services.notify.models import metadata
+from services.notify.models import MIGRATIONS, metadata
 from services.notify.settings import NotifySettings
 from services.notify.sinks import build_sinks
 from shared import streams, subjects
@@ -51,6 +51,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         SERVICE,
         settings,
         metadata,
+        migrations=MIGRATIONS,
         streams=(
             streams.INTAKE,
             streams.INVENTORY,
@@ -230,6 +231,14 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
     rt.http.router.add_get("/orders/{order_id}/notifications", get_notifications)
     rt.http.router.add_get("/deliveries/failed", get_failed)
     rt.http.router.add_post("/deliveries/{delivery_id}/resend", post_resend)
+    # Each route wants an operator token whose role may run its command (shared/operators.py).
+    rt.http_commands.update(
+        {
+            ("GET", "/orders/{order_id}/notifications"): "notifications",
+            ("GET", "/deliveries/failed"): "failed_deliveries",
+            ("POST", "/deliveries/{delivery_id}/resend"): "resend",
+        }
+    )
 
     async def stats() -> dict[str, Any]:
         async with rt.db.reading() as conn:

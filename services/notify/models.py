@@ -3,6 +3,8 @@ each sink, and every attempt at one."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
     Column,
     Float,
@@ -19,6 +21,8 @@ from shared.inbox import inbox_table
 from shared.outbox import outbox_table
 
 metadata = MetaData()
+# Its versioned changes (Alembic), applied at start-up: shared/migrations.py.
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 # Learned from order_accepted: later events (backordered, shipped...) carry no customer data.
 recipients = Table(

@@ -54,7 +54,10 @@ class UnknownEvent(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
+class EventHeader:
+    """An event's envelope without its payload: what a consumer needs that reads only which
+    event, about what and when (a status view), and so skips validating the payload."""
+
     event_id: str
     type: str
     schema_version: int
@@ -63,6 +66,10 @@ class Envelope:
     key: str
     correlation_id: str
     causation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope(EventHeader):
     data: Event
 
     @property
@@ -108,20 +115,10 @@ def new_envelope(
 
 def decode_envelope(raw: bytes) -> Envelope:
     """Parse and validate an envelope; raises UnknownEvent or pydantic.ValidationError."""
-    doc = orjson.loads(raw)
-    if not isinstance(doc, dict):
-        raise UnknownEvent("envelope is not a JSON object")
-    cls = REGISTRY.get(doc.get("type", ""))
-    if cls is None:
-        raise UnknownEvent(f"unknown event type {doc.get('type')!r}")
-    version = doc.get("schema_version")
-    payload = doc.get("data")
-    if not isinstance(version, int) or not isinstance(payload, dict):
-        raise UnknownEvent("envelope without schema_version or data")
-    if version > cls.schema_version:
-        raise UnknownEvent(
-            f"{cls.event_type} v{version} is newer than this build reads (v{cls.schema_version})"
-        )
+    doc, cls = _header_doc(raw)
+    version, payload = doc["schema_version"], doc.get("data")
+    if not isinstance(payload, dict):
+        raise UnknownEvent("envelope without data")
     while version < cls.schema_version:
         upcast = cls.upcasters.get(version)
         if upcast is None:
@@ -139,3 +136,47 @@ def decode_envelope(raw: bytes) -> Envelope:
         causation_id=doc.get("causation_id"),
         data=cls.model_validate(payload),
     )
+
+
+def decode_header(raw: bytes) -> EventHeader:
+    """Parse an envelope's header only: the type must be known and its version readable by this
+    build, but the payload is not validated (the caller does not read it)."""
+    doc, cls = _header_doc(raw)
+    if doc["schema_version"] < cls.schema_version and not _upcastable(cls, doc["schema_version"]):
+        raise UnknownEvent(f"no upcaster for {cls.event_type} v{doc['schema_version']}")
+    return EventHeader(
+        event_id=str(doc["event_id"]),
+        type=cls.event_type,
+        schema_version=cls.schema_version,
+        occurred_at=str(doc["occurred_at"]),
+        producer=str(doc["producer"]),
+        key=str(doc["key"]),
+        correlation_id=str(doc["correlation_id"]),
+        causation_id=doc.get("causation_id"),
+    )
+
+
+def _header_doc(raw: bytes) -> tuple[dict[str, Any], type[Event]]:
+    doc = orjson.loads(raw)
+    if not isinstance(doc, dict):
+        raise UnknownEvent("envelope is not a JSON object")
+    cls = REGISTRY.get(doc.get("type", ""))
+    if cls is None:
+        raise UnknownEvent(f"unknown event type {doc.get('type')!r}")
+    version = doc.get("schema_version")
+    if not isinstance(version, int):
+        raise UnknownEvent("envelope without schema_version")
+    if version > cls.schema_version:
+        raise UnknownEvent(
+            f"{cls.event_type} v{version} is newer than this build reads (v{cls.schema_version})"
+        )
+    missing = [
+        f for f in ("event_id", "occurred_at", "producer", "key", "correlation_id") if f not in doc
+    ]
+    if missing:
+        raise UnknownEvent(f"envelope without {', '.join(missing)}")
+    return doc, cls
+
+
+def _upcastable(cls: type[Event], version: int) -> bool:
+    return all(v in cls.upcasters for v in range(version, cls.schema_version))

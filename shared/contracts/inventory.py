@@ -263,3 +263,4 @@ class SetWarehouse(_Command):
         pattern=r"^[A-Z]{2}$",
         description="ISO country it stands in: orders shipping there prefer it (nearest first)",
     )
+    actor: str = Field("cli", min_length=1, max_length=64, description="Who did it")

@@ -319,7 +319,8 @@ async def test_the_cli_moves_an_order_to_delivered_and_takes_a_return(
     ]
     assert {s["status"] for s in shown} == {"delivered"}
     actors = {e["actor"] for s in shown for e in s["log"] if e["action"] != "queue"}
-    assert actors == {"ana"}
+    # The token's operator acted; --actor says for whom.
+    assert actors == {"operator:tests/ana"}
     assert "write it as SKU=QUANTITY" in bad_line
 
 

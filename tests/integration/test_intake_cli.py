@@ -106,7 +106,7 @@ async def test_a_new_users_session(intake: ServiceRuntime, cli: Cli, tmp_path: P
     assert f"cancellation of {order_id} requested; fulfillment decides" in out
     status = await cli.json("status", order_id)
     assert status["timeline"][-1]["what"] == "cancel requested"
-    assert status["timeline"][-1]["detail"] == "cli: customer called back"
+    assert status["timeline"][-1]["detail"] == "operator:tests: customer called back"
 
     listing = await cli.json("orders", "list", "--channel", "web")
     assert [o["order_id"] for o in listing["orders"]] == [order_id]

@@ -239,7 +239,7 @@ async def test_a_cancellation_goes_to_fulfillment_and_the_view_shows_its_outcome
 
     assert (first["outcome"], second["outcome"]) == ("requested", "pending")
     assert request.key == oid
-    assert (request.data.reason, request.data.actor) == ("customer called", "ops")  # type: ignore[attr-defined]
+    assert (request.data.reason, request.data.actor) == ("customer called", "operator:tests/ops")  # type: ignore[attr-defined]
     assert request.subject == subjects.event("intake", "order_cancel_requested", oid)
     assert sum(isinstance(e.data, OrderCancelRequested) for e in answers) == 1
     assert sum(isinstance(e.data, OrderAccepted) for e in answers) == 1

@@ -14,6 +14,7 @@ from services.inventory.settings import InventorySettings
 from shared.rpc import CommandRefused
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
+from tests.conftest import AS_OPERATOR
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ async def service(tmp_path: Path) -> AsyncIterator[ServiceRuntime]:
 
 @pytest.fixture
 async def client(service: ServiceRuntime) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    async with TestClient(TestServer(service.http)) as c:
+    async with TestClient(TestServer(service.http), headers=AS_OPERATOR) as c:
         yield c
 
 
@@ -74,7 +75,7 @@ async def test_restock_over_http_answers_the_stock_row(client: TestClient) -> No
         }
     ]
     assert [(e["reason"], e["delta_on_hand"], e["actor"]) for e in entries] == [
-        ("restock", 12, "cli")
+        ("restock", 12, "operator:tests")
     ]
 
 
@@ -189,7 +190,7 @@ async def test_adjust_transfer_and_reorder_over_http(client: TestClient) -> None
         (
             "/stock/adjust",
             {"sku": "TEA-105", "warehouse": "WH-1", "delta": 0},
-            {"delta", "reason", "actor"},
+            {"delta", "reason"},  # the actor is the token's operator
         ),
         (
             "/stock/transfer",

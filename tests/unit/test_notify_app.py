@@ -20,6 +20,7 @@ from shared.contracts.intake import OrderRejected
 from shared.ids import uuid7
 from shared.rpc import CommandRefused
 from shared.settings import ServiceSettings
+from tests.conftest import AS_OPERATOR
 
 
 def test_it_consumes_the_lifecycle_events_and_dead_letters_it_tells_people_about(
@@ -102,7 +103,7 @@ async def test_notifications_are_served_by_commands_routes_and_stats(tmp_path: P
             await rt.rpc.commands["resend"](
                 {"delivery_id": listed[0]["deliveries"][0]["delivery_id"]}
             )
-        async with TestClient(TestServer(rt.http)) as client:
+        async with TestClient(TestServer(rt.http), headers=AS_OPERATOR) as client:
             response = await client.get(f"/orders/{rejected.order_id}/notifications")
             served = await response.json()
             unknown = await client.get(f"/orders/{uuid7()}/notifications")
