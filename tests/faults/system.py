@@ -50,6 +50,7 @@ FACTORIES = {
     "notify": create_notify,
 }
 CHANNEL_KEYS = {c: f"{c}-fault-key-0123456789abcdef" for c in (*demo.CHANNELS, "spreadsheet")}
+ADMIN_TOKEN = "fault-admin-token-0123456789abcdef"
 
 
 class RestartableNats(EmbeddedNats):
@@ -79,11 +80,20 @@ class InProcessSystem:
             "simulator_max_delay_s": 0.3,
             **self.changes,
         }
+        # Where `orderflow up` keeps them: the channels' keys and an admin operator's token.
+        credentials = self.home / "credentials.json"
+        credentials.write_text(
+            json.dumps(
+                {
+                    "channels": CHANNEL_KEYS,
+                    "operators": {"fault-admin": {"role": "admin", "token": ADMIN_TOKEN}},
+                }
+            )
+        )
+        values["operators_file"] = credentials
         base = settings_for(self.nats_url, self.database_urls[service], self.home, **values)
         if service == "intake":
-            keys = self.home / "credentials.json"
-            keys.write_text(json.dumps({"channels": CHANNEL_KEYS, "operators": {}}))
-            return IntakeSettings(**{**base.model_dump(), "channel_keys_file": keys})
+            return IntakeSettings(**{**base.model_dump(), "channel_keys_file": credentials})
         return base
 
     def build(self, service: str) -> ServiceRuntime:
@@ -101,7 +111,7 @@ class InProcessSystem:
             await rt.start()
         nc = await nats.connect(self.nats_url)
         try:
-            await seed_catalogue(nc)
+            await seed_catalogue(nc, ADMIN_TOKEN)
         finally:
             await nc.close()
 
