@@ -127,41 +127,59 @@ conn.execute("ROLLBACK")
 """
 
 
+# Longer than the services' SQLite busy timeout (5 s), so writers give up waiting on it.
+LOCK_S = 7.0
+
+
 async def test_sqlite_locked_by_another_process_for_seconds_loses_and_repeats_nothing(
     nats_url: str, tmp_path: Path
 ) -> None:
     home = tmp_path / "var"
-    async with in_process_system(home, nats_url, nak_delay_s=0.2, max_deliver=3):
+    answers_in_lock: collections.Counter[int] = collections.Counter()
+    async with in_process_system(home, nats_url, nak_delay_s=0.2, max_deliver=3) as system:
         plan = demo.plan(2000, seed=12, channels=("web", "wechat", "marketplace"), run_id="lk")
+        by_http = demo.plan(6, seed=14, channels=("web",), run_id="lk-http")
+        http_url = f"http://127.0.0.1:{system.runtimes['intake'].http_port}/orders"
         locks: list[tuple[str, float]] = []
 
         async def lock_twice() -> None:
-            for service in ("inventory", "intake"):
-                await asyncio.sleep(1.0)
-                started = time.monotonic()
-                locker = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-c",
-                    LOCKER,
-                    str(home / f"{service}.db"),
-                    str(OUTAGE_S),
-                    stdout=asyncio.subprocess.PIPE,
-                )
-                assert locker.stdout is not None
-                assert (await locker.stdout.readline()).strip() == b"locked"
-                await asyncio.wait_for(locker.wait(), 30)
-                locks.append((service, round(time.monotonic() - started, 1)))
+            async with aiohttp.ClientSession() as http:
+                for round_, service in enumerate(("inventory", "intake")):
+                    await asyncio.sleep(1.0)
+                    started = time.monotonic()
+                    locker = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-c",
+                        LOCKER,
+                        str(home / f"{service}.db"),
+                        str(LOCK_S),
+                        stdout=asyncio.subprocess.PIPE,
+                    )
+                    assert locker.stdout is not None
+                    assert (await locker.stdout.readline()).strip() == b"locked"
+                    posts = [
+                        asyncio.create_task(post_until_taken(http, http_url, item))
+                        for item in by_http[round_ * 3 : round_ * 3 + 3]
+                    ]
+                    await asyncio.wait_for(locker.wait(), 30)
+                    locks.append((service, round(time.monotonic() - started, 1)))
+                    for statuses in await asyncio.gather(*posts):
+                        answers_in_lock.update(statuses)
 
         nc = await connect(nats_url)
         try:
-            items, _ = await load_during(nc.jetstream(), plan, 40, lock_twice())
+            by_nats, _ = await load_during(nc.jetstream(), plan, 40, lock_twice())
         finally:
             await nc.close()
+        items = by_nats + by_http
         observed = invariants.Observed(nats_url, sqlite_urls(home))
         took = await invariants.settle(observed, items, timeout=120)
         report = await invariants.check(observed, items, seeded=invariants.SEEDED)
         print(
             f"\nSQLite locked exclusively by another process: {locks} during {len(items)} "
-            f"submissions; settled {took:.1f}s after the load; {report.figures}"
+            f"submissions; HTTP answers meanwhile {dict(answers_in_lock)}; settled {took:.1f}s "
+            f"after the load; {report.figures}"
         )
         report.assert_clean()
+        assert 500 not in answers_in_lock
+        assert sum(n for status, n in answers_in_lock.items() if status < 500) == len(by_http)
