@@ -28,7 +28,6 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from sqlalchemy import Table
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import logs, subjects
@@ -328,7 +327,7 @@ class BatchConsumer:
             try:
                 rows = await self._apply_once(items)
             except Exception as exc:
-                if not await self._database_unavailable(exc):
+                if not await self.db.unreachable(exc):
                     raise
                 if self._stopping:
                     # Not the messages' fault either: leave them unacked for redelivery.
@@ -352,13 +351,6 @@ class BatchConsumer:
                     "%s: database back after %.1fs", self.spec.name, time.monotonic() - waited_since
                 )
             return rows
-
-    async def _database_unavailable(self, exc: Exception) -> bool:
-        """A connection the database refused or dropped, or a SQLite file another process
-        holds locked past the busy timeout: nothing a retry of the same message would fix."""
-        if isinstance(exc, OperationalError) and "locked" in str(exc):
-            return True
-        return not await self.db.ping()
 
     async def _apply_once(self, items: list[Incoming]) -> list[dict[str, Any]]:
         async def work(uow: UnitOfWork) -> None:

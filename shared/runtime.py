@@ -251,7 +251,7 @@ class ServiceRuntime:
         except web.HTTPException:
             raise
         except Exception as exc:
-            if await self.db.ping():
+            if not await self.db.unreachable(exc):
                 raise
             log.warning("%s %s: database unavailable: %r", request.method, request.path, exc)
             return web.json_response(
