@@ -20,9 +20,13 @@ from orderflow.commands import (
     monitoring,
     notifications,
     orders,
+    reconcile,
+    replay,
+    report,
     shipments,
     stock,
     system,
+    trace,
 )
 from shared import rpc
 from shared.runtime import StartupError
@@ -38,6 +42,10 @@ COMMAND_MODULES = (
     migrate,
     contracts,
     monitoring,
+    trace,
+    reconcile,
+    replay,
+    report,
 )
 
 

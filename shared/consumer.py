@@ -84,6 +84,10 @@ class Incoming:
     kind: str
     message_id: str
     body: Any
+    # Where it came from and which order it concerns: kept in the inbox for `orderflow trace`.
+    subject: str | None = None
+    stream_seq: int | None = None
+    order_id: str | None = None
 
 
 async def in_unit_of_work(
@@ -116,7 +120,8 @@ async def run_after_commit(callbacks: list[Callable[[], Awaitable[None]]]) -> No
 
 def decode_event(msg: Msg) -> Incoming:
     env = decode_envelope(msg.data)
-    return Incoming(env.type, env.event_id, env)
+    seq = msg.metadata.sequence.stream
+    return Incoming(env.type, env.event_id, env, msg.subject, seq, env.correlation_id)
 
 
 def decode_event_header(msg: Msg) -> Incoming:
@@ -366,7 +371,7 @@ class BatchConsumer:
             skipped = len(items) - len(fresh)
             if skipped:
                 self.metrics.duplicates_skipped.labels(self.service, self.spec.name).inc(skipped)
-            await record_applied(conn, self.inbox, self.spec.name, [i.message_id for i in fresh])
+            await record_applied(conn, self.inbox, self.spec.name, fresh)
             # Runs of the same kind, in arrival order: a handler sees a list it can apply with a
             # few set-based statements, and causal order across kinds is kept.
             for kind, run in itertools.groupby(fresh, key=lambda i: i.kind):

@@ -1,14 +1,33 @@
-"""The idempotent inbox: which messages a consumer has applied, kept in the same transaction."""
+"""The idempotent inbox: which messages a consumer has applied, kept in the same transaction.
+
+Each row also says where the message came from (subject, stream sequence) and which order it
+concerns (its correlation id), so ``orderflow trace`` can show what a service consumed. The
+values come from the message the consumer already holds: nothing is looked up on the hot path.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
-from sqlalchemy import Column, Float, MetaData, String, Table, select
+from sqlalchemy import BigInteger, Column, Float, Index, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db import bulk_insert
+
+
+class Applied(Protocol):
+    """What the inbox records of a message (shared.consumer.Incoming has these fields)."""
+
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def stream_seq(self) -> int | None: ...
+    @property
+    def order_id(self) -> str | None: ...
 
 
 def inbox_table(metadata: MetaData) -> Table:
@@ -18,6 +37,10 @@ def inbox_table(metadata: MetaData) -> Table:
         Column("consumer", String(64), primary_key=True),
         Column("message_id", String(80), primary_key=True),
         Column("processed_at", Float, nullable=False),
+        Column("subject", String(255)),
+        Column("stream_seq", BigInteger),
+        Column("order_id", String(64)),
+        Index("ix_inbox_order", "order_id"),
     )
 
 
@@ -35,11 +58,21 @@ async def already_applied(
 
 
 async def record_applied(
-    conn: AsyncConnection, table: Table, consumer: str, message_ids: Sequence[str]
+    conn: AsyncConnection, table: Table, consumer: str, items: Sequence[Applied]
 ) -> None:
-    if message_ids:
+    if items:
         now = time.time()
         await bulk_insert(table)(
             conn,
-            [{"consumer": consumer, "message_id": m, "processed_at": now} for m in message_ids],
+            [
+                {
+                    "consumer": consumer,
+                    "message_id": i.message_id,
+                    "processed_at": now,
+                    "subject": i.subject,
+                    "stream_seq": i.stream_seq,
+                    "order_id": i.order_id,
+                }
+                for i in items
+            ],
         )

@@ -50,6 +50,11 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         "list": ANYONE,
         "customer_show": ANYONE,
         "rules": ANYONE,
+        # Tracing an order is a read; reconciliation facts and reports are finance's.
+        "trace": ANYONE,
+        "audit_orders": _only(FINANCE),
+        "audit_facts": _only(FINANCE),
+        "report": _only(FINANCE),
     },
     "inventory": {
         "restock": _only(WAREHOUSE),
@@ -61,6 +66,12 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         "ledger": ANYONE,
         "forecast": ANYONE,
         "warehouses": ANYONE,
+        # Tracing an order is a read; reconciliation facts and reports are finance's.
+        "trace": ANYONE,
+        "audit_orders": _only(FINANCE),
+        "audit_facts": _only(FINANCE),
+        "report": _only(FINANCE),
+        "audit_stock": _only(FINANCE),
     },
     "fulfillment": {
         "pick": _only(WAREHOUSE),
@@ -73,12 +84,21 @@ PERMISSIONS: dict[str, dict[str, frozenset[str]]] = {
         "return": _only(SALES, FINANCE),
         "queue": ANYONE,
         "shipments": ANYONE,
+        # Tracing an order is a read; reconciliation facts and reports are finance's.
+        "trace": ANYONE,
+        "audit_orders": _only(FINANCE),
+        "audit_facts": _only(FINANCE),
+        "report": _only(FINANCE),
     },
     "notify": {
         "resend": _only(SALES),
         "notifications": ANYONE,
         "failed_deliveries": ANYONE,
         "delivery_attempts": ANYONE,
+        # Tracing an order is a read; reconciliation facts and reports are finance's.
+        "trace": ANYONE,
+        "audit_orders": _only(FINANCE),
+        "audit_facts": _only(FINANCE),
     },
 }
 

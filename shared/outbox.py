@@ -48,6 +48,9 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("payload", LargeBinary, nullable=False),
         Column("created_at", Float, nullable=False),
         Column("published_at", Float, nullable=True),
+        # The order the event concerns (its correlation id): `orderflow trace` finds it by this.
+        Column("order_id", String(64)),
+        Index("ix_outbox_order", "order_id"),
         # Partial: only unpublished rows are indexed, so marking a row published removes it from
         # a small index instead of moving it inside a large one.
         Index(
@@ -87,6 +90,7 @@ class Outbox:
                 "payload": e.encode(),
                 "created_at": now,
                 "published_at": None,
+                "order_id": e.correlation_id,
             }
             for e in envelopes
         ]

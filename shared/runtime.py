@@ -12,8 +12,10 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +28,7 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 from sqlalchemy import MetaData, func, select
 
-from shared import logs
+from shared import logs, nats_access
 from shared import streams as stream_specs
 from shared.consumer import BatchConsumer, ConsumerSpec, UnitOfWork, in_unit_of_work
 from shared.db import Database
@@ -49,19 +51,79 @@ class StartupError(RuntimeError):
     """A dependency (NATS, the database) cannot be reached: said plainly, without a traceback."""
 
 
-async def connect_nats(url: str, name: str, timeout: float = 10.0) -> NATS:
+@dataclass(frozen=True)
+class NatsAuth:
+    """Who a client is on NATS and how it trusts the server (see deploy/README.md)."""
+
+    user: str | None = None
+    password: str | None = None
+    creds_file: Path | None = None
+    inbox_prefix: str | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @classmethod
+    def from_settings(cls, s: ServiceSettings) -> NatsAuth:
+        return cls(
+            user=s.nats_user,
+            password=s.nats_password.get_secret_value() if s.nats_password else None,
+            creds_file=s.nats_creds_file,
+            inbox_prefix=s.nats_inbox_prefix,
+            tls_ca_file=s.nats_tls_ca_file,
+            tls_cert_file=s.nats_tls_cert_file,
+            tls_key_file=s.nats_tls_key_file,
+        )
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``."""
+        opts: dict[str, Any] = {}
+        if self.user is not None:
+            opts["user"] = self.user
+            opts["password"] = self.password or ""
+        if self.creds_file is not None:
+            opts["user_credentials"] = str(self.creds_file)
+        # Least-privilege users may only receive replies under their own prefix.
+        prefix = self.inbox_prefix or (nats_access.inbox_prefix(self.user) if self.user else None)
+        if prefix:
+            opts["inbox_prefix"] = prefix
+        if self.tls_ca_file or self.tls_cert_file:
+            ctx = ssl.create_default_context(
+                cafile=str(self.tls_ca_file) if self.tls_ca_file else None
+            )
+            if self.tls_cert_file:
+                ctx.load_cert_chain(
+                    str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None
+                )
+            opts["tls"] = ctx
+        return opts
+
+
+async def connect_nats(
+    url: str, name: str, timeout: float = 10.0, *, auth: NatsAuth | None = None
+) -> NATS:
     """Connect, retrying until ``timeout``; then stay connected (reconnecting forever).
 
-    Raises StartupError with one plain sentence when NATS cannot be reached at all.
+    Raises StartupError with one plain sentence when NATS cannot be reached at all, or at once
+    when the server refuses the credentials (retrying would not change its mind).
     """
+    try:
+        options = auth.options() if auth else {}
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load the NATS TLS files: {exc}") from exc
     connected = False
     client: NATS | None = None
+    refused: list[str] = []
+    refused_now = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         # nats-py's default prints a traceback for every failed attempt; before the first
         # connection the StartupError below says it once.
         if connected:
             log.warning("NATS: %s", exc or exc.__class__.__name__)
+        elif "authorization violation" in str(exc).lower():
+            refused.append(str(exc))
+            refused_now.set()
 
     async def on_disconnected() -> None:
         closing = client is not None and (client.is_closed or client.is_draining)
@@ -75,25 +137,44 @@ async def connect_nats(url: str, name: str, timeout: float = 10.0) -> NATS:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    servers=url.split(","),
-                    name=name,
-                    connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    allow_reconnect=True,
-                    pending_size=64 * 1024 * 1024,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnected,
-                    reconnected_cb=on_reconnected,
-                ),
-                timeout=max(0.5, deadline - time.monotonic()),
+            connecting = asyncio.ensure_future(
+                asyncio.wait_for(
+                    nats.connect(
+                        servers=url.split(","),
+                        name=name,
+                        connect_timeout=2,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0.5,
+                        allow_reconnect=True,
+                        pending_size=64 * 1024 * 1024,
+                        error_cb=on_error,
+                        disconnected_cb=on_disconnected,
+                        reconnected_cb=on_reconnected,
+                        **options,
+                    ),
+                    timeout=max(0.5, deadline - time.monotonic()),
+                )
             )
+            refusal = asyncio.ensure_future(refused_now.wait())
+            try:
+                await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                refusal.cancel()
+            if not connecting.done():
+                # The server refused the credentials; nats-py would keep trying them.
+                connecting.cancel()
+                with contextlib.suppress(BaseException):
+                    await connecting
+                raise ConnectionRefusedError(refused[0])
+            nc = connecting.result()
             connected, client = True, nc
             return nc
         except (TimeoutError, Exception) as exc:
             last = exc
+            if refused or "authorization violation" in str(exc).lower():
+                # Retrying would not change the server's mind about these credentials.
+                who = f"user {auth.user!r}" if auth and auth.user else "these credentials"
+                raise StartupError(f"NATS at {url} refused {who}: Authorization Violation") from exc
             await asyncio.sleep(0.3)
     reason = f": {last}" if last and str(last) else ""
     raise StartupError(f"cannot reach NATS at {url} (tried for {timeout:.0f}s){reason}")
@@ -171,7 +252,11 @@ class ServiceRuntime:
             raise StartupError(str(exc)) from exc
         except Exception as exc:
             raise StartupError(f"cannot open the database {self.db.url!r}: {exc}") from exc
-        self.nc = await connect_nats(self.settings.nats_url, f"orderflow-{self.name}")
+        self.nc = await connect_nats(
+            self.settings.nats_url,
+            f"orderflow-{self.name}",
+            auth=NatsAuth.from_settings(self.settings),
+        )
         self.js = self.nc.jetstream(publish_async_max_pending=20_000)
         await stream_specs.ensure_streams(self.js, self.streams, self.settings)
         self.outbox.js = self.js
@@ -214,11 +299,7 @@ class ServiceRuntime:
     async def stop(self) -> None:
         for consumer in self.consumers:
             await consumer.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel_all(self._tasks)
         await self.outbox.drain()
         with contextlib.suppress(Exception):
             await self.outbox.relay_once(self.db, min_age_s=1e9)
@@ -292,8 +373,11 @@ class ServiceRuntime:
         """Whether NATS and the database answer now; also sets ``orderflow_dependency_up``."""
         nats_ok = self.nc is not None and self.nc.is_connected
         try:
-            # A database behind a dead network path would hold the probe for minutes.
-            db_ok = await asyncio.wait_for(self.db.ping(), timeout=READY_TIMEOUT_S)
+            # A database behind a dead network path would hold the probe for minutes. Not
+            # wait_for: on 3.11 it swallows a cancellation that arrives as the ping completes
+            # (the ping of SQLite completes at once), and stop() then waited forever.
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                db_ok = await self.db.ping()
         except TimeoutError:
             db_ok = False
         self.metrics.dependency_up.labels(self.name, "nats").set(int(nats_ok))
@@ -417,6 +501,22 @@ def _observe_http(metrics: ServiceMetrics, service: str) -> Any:
             ).observe(time.perf_counter() - started)
 
     return observe
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Task[Any]], patience_s: float = 10.0) -> None:
+    """Cancel tasks and wait for them to end, cancelling again any that swallowed its
+    cancellation: on Python 3.11 ``asyncio.wait_for`` (inside nats-py's requests too) drops a
+    cancellation that arrives as the awaited result does, and the task carries on."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + patience_s
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(t.get_name() for t in pending)
+            log.warning("background tasks did not stop in %.0fs: %s", patience_s, names)
+            return
 
 
 async def _forever(job: Callable[[], Awaitable[None]]) -> None:

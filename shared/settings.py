@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,23 @@ class ServiceSettings(BaseSettings):
     stream_replicas: int = Field(1, ge=1, le=5, description="1 locally, 3 in a cluster")
     duplicate_window_s: float = Field(300.0, gt=0, description="JetStream dedup window")
     outbox_sweep_s: float = Field(1.0, gt=0, description="How often the relay looks for stragglers")
+
+    # How this process authenticates to NATS (deploy/README.md): a user and password (one user
+    # per service, see shared/nats_access.py) or a credentials file (JWT + nkey, operator mode).
+    nats_user: str | None = Field(None, description="NATS user name (e.g. the service's name)")
+    nats_password: SecretStr | None = Field(None, description="Password of nats_user")
+    nats_creds_file: Path | None = Field(None, description="NATS .creds file (JWT and nkey seed)")
+    nats_inbox_prefix: str | None = Field(
+        None, description="Where replies arrive; default _INBOX.<nats_user> (its permissions)"
+    )
+    nats_tls_ca_file: Path | None = Field(None, description="CA that signed the NATS servers")
+    nats_tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS)")
+    nats_tls_key_file: Path | None = Field(None, description="Key of nats_tls_cert_file")
+    nats_sync_interval: str | None = Field(
+        None,
+        pattern=r"^(always|\d+(ms|s|m|h))$",
+        description="Embedded server: JetStream fsync interval ('always', '10s'); server default 2m",
+    )
 
     simulator: bool = Field(False, description="Fulfillment: run the warehouse simulator")
     simulator_min_delay_s: float = 0.2

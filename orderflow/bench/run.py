@@ -170,7 +170,7 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
     rss: dict[str, float] = {}
     try:
         info = await launcher.start()
-        nc = await connect_nats(info["nats_url"], "orderflow-bench")
+        nc = await connect_nats(info["nats_url"], "orderflow-bench", auth=launcher.admin_auth())
         await seed(nc, local_token(launcher.credentials))
         loads: list[Load] = []
         for i, rate in enumerate(cfg.rates):
@@ -196,7 +196,8 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
         sample = await read_one_accepted(nc)
         say(f"ceiling: {cfg.ceiling_messages} messages of {len(sample)} bytes through 4 hops ...")
         ceiling_per_s = round(
-            await run_ceiling(info["nats_url"], home, cfg.ceiling_messages, len(sample)), 1
+            await run_ceiling(launcher.client_url(), home, cfg.ceiling_messages, len(sample)),
+            1,
         )
         say(f"ceiling: {ceiling_per_s} messages/s")
 

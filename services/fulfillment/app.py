@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from services.fulfillment import domain, handlers, returns, views
+from services.fulfillment import audit, domain, handlers, returns, views
 from services.fulfillment.metrics import FulfillmentMetrics
 from services.fulfillment.models import MIGRATIONS, metadata
 from services.fulfillment.settings import FulfillmentSettings
@@ -134,6 +134,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
     rt.rpc.register("receive-return", receive_return)
     rt.rpc.register("queue", queue)
     rt.rpc.register("shipments", shipments)
+    audit.register(rt)
 
     # HTTP, for warehouse terminals and dashboards.
     def post_route(answer: Callable[[web.Request, dict[str, Any]], Awaitable[Any]]) -> Route:

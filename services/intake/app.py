@@ -10,7 +10,7 @@ import orjson
 from nats.aio.msg import Msg
 from sqlalchemy.exc import IntegrityError
 
-from services.intake import domain, handlers, http_api
+from services.intake import audit, domain, handlers, http_api
 from services.intake.auth import ApiKeys, KeysError
 from services.intake.metrics import IntakeMetrics
 from services.intake.models import MIGRATIONS, metadata
@@ -49,7 +49,8 @@ def decode_submission(msg: Msg) -> Incoming:
         transport="nats",
         source=f"{meta.stream}:{meta.sequence.stream}",
     )
-    return Incoming("submission", f"submit:{meta.sequence.stream}", sub)
+    seq = meta.sequence.stream
+    return Incoming("submission", f"submit:{seq}", sub, msg.subject, seq)
 
 
 class Intake:
@@ -218,6 +219,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
             return {"orders": await handlers.count_by_status(conn)}
 
     rt.stats = stats
+    audit.register(rt)
     return rt
 
 

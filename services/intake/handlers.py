@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -344,7 +344,7 @@ def _forward_to(status: str) -> dict[str, Any]:
     }
 
 
-async def record_progress(uow: UnitOfWork, events: list[EventHeader]) -> None:
+async def record_progress(uow: UnitOfWork, events: Sequence[EventHeader]) -> None:
     """Keep the status view: stamp the stage's time, and move the status forward only."""
     status, column = PROGRESS[events[0].type]
     stmt = (

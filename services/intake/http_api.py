@@ -14,6 +14,7 @@ from aiohttp import web
 
 from services.intake import domain, handlers, openapi
 from services.intake.auth import Principal
+from shared import audit
 from shared.contracts.intake import MAX_SUBMISSION_BYTES, SubmissionAnswer
 from shared.operators import roles_for
 
@@ -36,6 +37,7 @@ def register(rt: ServiceRuntime, intake: Intake) -> None:
     router.add_post("/orders:batch", api.post_batch)
     router.add_get("/orders", api.get_orders)
     router.add_get("/orders/{order_id}", api.get_order)
+    router.add_get("/orders/{order_id}/trace", api.get_trace)
     router.add_post("/orders/{order_id}/cancel", api.post_cancel)
     router.add_get("/openapi.json", api.get_openapi)
 
@@ -112,6 +114,18 @@ class HttpApi:
         if view is None or not who.may_see(view["channel"]):
             return problem(404, "no such order")
         return web.json_response(view)
+
+    async def get_trace(self, request: web.Request) -> web.Response:
+        """What every service knows of the order, merged into one timeline (shared.audit)."""
+        who = self.caller(request)
+        if who is None:
+            return _unauthorised(self.intake)
+        order_id = request.match_info["order_id"]
+        view = await self.intake.status(order_id)
+        nc = self.intake.rt.nc
+        if view is None or not who.may_see(view["channel"]) or nc is None:
+            return problem(404, "no such order")
+        return web.json_response(await audit.gather_trace(nc, order_id))
 
     async def get_orders(self, request: web.Request) -> web.Response:
         who = self.caller(request)

@@ -290,6 +290,21 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/orders/{order_id}/trace": {
+                "get": {
+                    "summary": "What every service knows of the order, as one timeline",
+                    "description": "Asks the four services over NATS (2 s each) and merges "
+                    "their state changes and the events they consumed and produced, with stream "
+                    "sequences; `missing` names a service that did not answer.",
+                    "security": BEARER,
+                    "parameters": [ORDER_ID],
+                    "responses": {
+                        "200": _json({"type": "object"}, "The merged trace"),
+                        "401": UNAUTHORISED,
+                        "404": _problem("No such order (or another channel's)"),
+                    },
+                },
+            },
             "/orders/{order_id}/cancel": {
                 "post": {
                     "summary": "Ask to cancel an order; fulfillment decides",

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from services.inventory import commands, domain, handlers, queries
+from services.inventory import audit, commands, domain, handlers, queries
 from services.inventory.metrics import InventoryMetrics
 from services.inventory.models import MIGRATIONS, metadata
 from services.inventory.settings import InventorySettings
@@ -231,6 +231,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
             return await queries.inventory_stats(conn)
 
     rt.stats = stats
+    audit.register(rt, policy)
     return rt
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from nats.aio.msg import Msg
 
-from services.notify import delivery, domain, handlers
+from services.notify import audit, delivery, domain, handlers
 from services.notify.delivery import Dispatcher, NotifyMetrics, ResendRefused, UnknownDelivery
 from services.notify.models import MIGRATIONS, metadata
 from services.notify.settings import NotifySettings
@@ -40,6 +40,8 @@ def decode_dead_letter(msg: Msg) -> Incoming:
         DEAD_LETTER,
         f"dlq:{seq}",
         handlers.IncomingDeadLetter(handlers.dead_letter_id(position), letter),
+        msg.subject,
+        seq,
     )
 
 
@@ -208,6 +210,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
     rt.rpc.register("failed_deliveries", cmd_failed)
     rt.rpc.register("delivery_attempts", cmd_attempts)
     rt.rpc.register("resend", cmd_resend)
+    audit.register(rt)
 
     async def get_notifications(request: web.Request) -> web.Response:
         # An order notify has not heard of gets an empty list, not a 404: notify cannot tell an

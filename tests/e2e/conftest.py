@@ -30,6 +30,12 @@ class RunningSystem:
     def nats_url(self) -> str:
         return str(self.endpoints["nats_url"])
 
+    @property
+    def nats_options(self) -> dict[str, str]:
+        """Connect as the embedded server's admin user (the tests read streams directly)."""
+        creds = json.loads((self.home / "credentials.json").read_text())
+        return {"user": "admin", "password": creds["nats"]["admin"]}
+
     def pid(self, service: str) -> int:
         return int(self.endpoints["pids"][service])
 

@@ -174,7 +174,7 @@ def check_invariants(system: RunningSystem, delivered: set[str]) -> None:
 async def run_load(
     system: RunningSystem, n: int, rate: float, seed: int, during: Any = None
 ) -> dict[str, str]:
-    nc = await nats.connect(system.nats_url)
+    nc = await nats.connect(system.nats_url, **system.nats_options)
     try:
         await wait_for_catalogue(nc)
         items = demo.plan(
