@@ -58,6 +58,8 @@ class Observed:
 
     nats_url: str
     database_urls: dict[str, str]
+    # How to connect, when the server wants a user (``orderflow up`` gives an admin one).
+    nats_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,7 +170,7 @@ async def settle(
         for i in submitted
         if i.expect in FINAL and (i.channel, i.external_id) not in skip
     }
-    nc = await nats.connect(observed.nats_url)
+    nc = await nats.connect(observed.nats_url, **observed.nats_options)
     try:
         js = nc.jetstream()
         last = "nothing checked yet"
@@ -201,7 +203,7 @@ async def check(
 ) -> Report:
     """Check every invariant (call after ``settle``); returns a report with the figures."""
     report = Report()
-    nc = await nats.connect(observed.nats_url)
+    nc = await nats.connect(observed.nats_url, **observed.nats_options)
     try:
         js = nc.jetstream()
         intake_events = await read_stream(js, streams.INTAKE.name)

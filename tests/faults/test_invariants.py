@@ -63,7 +63,8 @@ async def test_the_checker_passes_a_quiet_run_and_names_each_violation(
     # Work left behind: an outbox row never published.
     await execute(
         urls["fulfillment"],
-        "INSERT INTO outbox VALUES ('left-behind', 'orderflow.x.y.z', x'00', 0, NULL)",
+        "INSERT INTO outbox (event_id, subject, payload, created_at) "
+        "VALUES ('left-behind', 'orderflow.x.y.z', x'00', 0)",
     )
     report = await invariants.check(observed, items, seeded=invariants.SEEDED)
     found = "\n".join(report.violations)

@@ -32,6 +32,7 @@ def observed(system: RunningSystem) -> invariants.Observed:
     return invariants.Observed(
         system.nats_url,
         {s: f"sqlite+aiosqlite:///{system.home / f'{s}.db'}" for s in demo_services()},
+        system.nats_options,
     )
 
 
@@ -59,7 +60,7 @@ async def test_kill_9_at_random_moments_loses_and_repeats_nothing(system: Runnin
             while system.pid(service) == old and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
 
-    nc = await nats.connect(system.nats_url)
+    nc = await nats.connect(system.nats_url, **system.nats_options)
     try:
         await wait_for_catalogue(nc)
         items, _ = await load_during(nc.jetstream(), plan, 10, kill_at_random_moments())
