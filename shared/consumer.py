@@ -278,16 +278,25 @@ class BatchConsumer:
             if msg.metadata.num_delivered > 1:
                 self.metrics.redeliveries.labels(self.service, self.spec.name).inc()
             try:
-                items.append((msg, self.spec.decode(msg)))
+                incoming = self.spec.decode(msg)
             except Exception as exc:
                 await self._dead_letter(msg, f"undecodable: {exc}")
+                continue
+            if incoming.kind not in self.spec.handlers:
+                # A valid event of a type this consumer does not take, on a subject it does:
+                # acking it would drop it unseen.
+                await self._dead_letter(
+                    msg, f"unexpected {incoming.kind!r} on {msg.subject}: no handler for it here"
+                )
+                continue
+            items.append((msg, incoming))
         if not items:
             return
         # Log lines name the order only when there is one (once per batch, not per message).
         logs.bind_body(items[0][1].body if len(items) == 1 else None)
         started = time.perf_counter()
         try:
-            rows = await self._apply([incoming for _, incoming in items])
+            rows = await self._apply([incoming for _, incoming in items], batch)
         except Exception as exc:
             if len(items) == 1:
                 await self._failed(items[0][0], exc)
@@ -298,7 +307,7 @@ class BatchConsumer:
             for msg, incoming in items:
                 logs.bind_body(incoming.body)
                 try:
-                    rows = await self._apply([incoming])
+                    rows = await self._apply([incoming], [msg])
                 except Exception as one_exc:
                     await self._failed(msg, one_exc)
                     continue
@@ -313,7 +322,42 @@ class BatchConsumer:
             await msg.ack()
         self.outbox.publish_soon(rows)
 
-    async def _apply(self, items: list[Incoming]) -> list[dict[str, Any]]:
+    async def _apply(self, items: list[Incoming], msgs: list[Msg]) -> list[dict[str, Any]]:
+        """Apply, waiting out a database that cannot be reached: an outage is not the
+        messages' fault, so it must not spend their tries (they would be dead-lettered after a
+        few seconds of it). Meanwhile the messages are kept in progress, so JetStream neither
+        redelivers them nor counts deliveries towards its own limit."""
+        waited_since: float | None = None
+        while True:
+            try:
+                rows = await self._apply_once(items)
+            except Exception as exc:
+                if not await self.db.unreachable(exc):
+                    raise
+                if self._stopping:
+                    # Not the messages' fault either: leave them unacked for redelivery.
+                    raise asyncio.CancelledError from exc
+                now = time.monotonic()
+                if waited_since is None:
+                    waited_since = now
+                    log.warning(
+                        "%s: database unavailable (%r); holding %d messages until it is back",
+                        self.spec.name,
+                        exc,
+                        len(msgs) + len(self._pending),
+                    )
+                for msg in [*msgs, *self._pending]:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+                await asyncio.sleep(min(0.25 * 2 ** min((now - waited_since) // 2, 4), 2.0))
+                continue
+            if waited_since is not None:
+                log.info(
+                    "%s: database back after %.1fs", self.spec.name, time.monotonic() - waited_since
+                )
+            return rows
+
+    async def _apply_once(self, items: list[Incoming]) -> list[dict[str, Any]]:
         async def work(uow: UnitOfWork) -> None:
             conn = uow.conn
             seen = await already_applied(

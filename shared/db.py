@@ -19,6 +19,7 @@ from typing import Any
 import aiosqlite
 from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, event, insert, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
@@ -144,6 +145,15 @@ class Database:
                 )
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+    async def unreachable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` came from the database being out of reach, not from the work that
+        raised it: the server refuses or dropped the connection (a ping fails now), or another
+        process holds a SQLite file locked past the busy timeout. A retry of the same work will
+        succeed once it is back, so it is nobody's fault to be charged for."""
+        if isinstance(exc, OperationalError) and "database is locked" in str(exc):
+            return True
+        return not await self.ping()
+
     async def close(self) -> None:
         await self.engine.dispose()
         with self._checkpoint_lock:  # a checkpoint still running in its thread ends first
@@ -194,7 +204,8 @@ def _inline_sqlite_connector(path: str) -> Callable[[], Any]:
 
 
 # Another process holding SQLite's write lock (a backup, a manual repair) stalls this one's loop
-# for up to this long per attempt; the unit of work then fails and its messages are redelivered.
+# for up to this long per attempt; the unit of work then fails, and a consumer holds its messages
+# and tries again (``Database.unreachable``) instead of charging them a try.
 _BUSY_TIMEOUT_S = 5.0
 
 

@@ -207,7 +207,11 @@ class ServiceRuntime:
         # may run that command ("{action}": the command is named by that part of the path).
         self.http_commands: dict[tuple[str, str], str] = {}
         self.http = web.Application(
-            middlewares=[_observe_http(self.metrics, name), self._operators_only()]
+            middlewares=[
+                _observe_http(self.metrics, name),
+                self._operators_only(),
+                self._database_unavailable,
+            ]
         )
         self.http_port: int | None = None
         self.consumer_specs: list[ConsumerSpec] = []
@@ -319,6 +323,26 @@ class ServiceRuntime:
         await stop.wait()
         log.info("%s stopping", self.name)
         await self.stop()
+
+    @web.middleware
+    async def _database_unavailable(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A request that failed while the database cannot be reached gets 503 and a hint to
+        retry, not a 500: the caller did nothing wrong, and a retry will be answered."""
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            if not await self.db.unreachable(exc):
+                raise
+            log.warning("%s %s: database unavailable: %r", request.method, request.path, exc)
+            return web.json_response(
+                {"error": "the database is unavailable; try again shortly"},
+                status=503,
+                headers={"Retry-After": "2"},
+            )
 
     def _operators_only(self) -> Middleware:
         @web.middleware

@@ -98,8 +98,15 @@ class Sheet:
 def read_sheet(path: Path) -> Sheet:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            table = [list(r) for r in csv.reader(f)]
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                table = [list(r) for r in csv.reader(f)]
+        except UnicodeDecodeError as exc:
+            raise SheetError(
+                f"{path.name} is not UTF-8 text (byte {exc.start}): save the sheet as CSV UTF-8"
+            ) from exc
+        except csv.Error as exc:
+            raise SheetError(f"{path.name} is not a readable CSV file: {exc}") from exc
     elif suffix in (".xlsx", ".xlsm"):
         table = _xlsx_rows(path)
     else:
