@@ -244,8 +244,11 @@ class BatchConsumer:
     async def stop(self) -> None:
         self._stopping = True
         if self._sub is not None:
+            # Bounded: with the connection between servers (a cluster node just died) nats-py
+            # can wait on the unsubscribe indefinitely, and a stopping service must stop.
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                async with asyncio.timeout(2.0):
+                    await self._sub.unsubscribe()
         self._wake.set()
         if self._task is not None:
             self._task.cancel()

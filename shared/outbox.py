@@ -62,6 +62,10 @@ def outbox_table(metadata: MetaData) -> Table:
     )
 
 
+# How long a batch of publishes waits for JetStream's acks before leaving them to the relay.
+ACK_WAIT_S = 10.0
+
+
 class Outbox:
     def __init__(self, table: Table, metrics: ServiceMetrics) -> None:
         self.table = table
@@ -136,16 +140,21 @@ class Outbox:
                 log.warning("outbox publish of %s failed, the relay will retry: %s", event_id, exc)
                 continue
             futures.append((event_id, fut))
+        # One deadline for all the acks, not one each: when the stream stops answering (its
+        # node died), waiting in turn would hold a service's shutdown for minutes.
+        if futures:
+            await asyncio.wait([fut for _, fut in futures], timeout=ACK_WAIT_S)
         published = 0
         for event_id, fut in futures:
-            try:
-                await asyncio.wait_for(fut, timeout=10)
+            self._inflight.discard(event_id)
+            problem = (
+                "no ack" if not fut.done() else "cancelled" if fut.cancelled() else fut.exception()
+            )
+            if problem is None:
                 self._to_mark.append(event_id)
                 published += 1
-            except Exception as exc:
-                log.warning("no ack for outbox row %s, the relay will retry: %s", event_id, exc)
-            finally:
-                self._inflight.discard(event_id)
+            else:
+                log.warning("no ack for outbox row %s, the relay will retry: %s", event_id, problem)
         self.metrics.outbox_published.inc(published)
         return published
 
