@@ -170,13 +170,13 @@ def iso(epoch: float | None) -> str | None:
 
 
 async def ask_all(
-    nc: NATS, command: str, payload: dict[str, Any], timeout: float
+    nc: NATS, command: str, payload: dict[str, Any], timeout: float, token: str | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Send one command to the four services at once. Returns (answers, missing) where missing
     says, per service that gave no answer, why (timeout, no responders, refused...)."""
 
     async def one(service: str) -> Any:
-        return await rpc.call(nc, service, command, payload, timeout=timeout)
+        return await rpc.call(nc, service, command, payload, timeout=timeout, token=token)
 
     results = await asyncio.gather(*(one(s) for s in subjects.SERVICES), return_exceptions=True)
     answers: dict[str, Any] = {}
@@ -230,14 +230,16 @@ async def stream_positions(js: JetStreamContext, order_id: str) -> dict[str, dic
     return merged
 
 
-async def gather_trace(nc: NATS, order_id: str, timeout: float = 2.0) -> dict[str, Any]:
+async def gather_trace(
+    nc: NATS, order_id: str, timeout: float = 2.0, token: str | None = None
+) -> dict[str, Any]:
     """Ask every service what it knows of an order, and merge the answers into one timeline
     sorted by time. Produced events get their stream sequence from the streams themselves."""
     if not order_id or any(c in order_id for c in ".*> \t\r\n"):
         # It ends subject filters: a wildcard would read other orders' events.
         raise ValueError(f"not an order id: {order_id!r}")
     (answers, missing), positions = await asyncio.gather(
-        ask_all(nc, TRACE, {"order_id": order_id}, timeout),
+        ask_all(nc, TRACE, {"order_id": order_id}, timeout, token),
         stream_positions(nc.jetstream(), order_id),
     )
     entries: list[dict[str, Any]] = []

@@ -128,6 +128,9 @@ def service_permissions(service: str) -> Permissions:
             # ack, nak and term go to the message's reply subject, which names the consumer.
             f"$JS.ACK.{stream}.{consumer}.>",
         ]
+    if service == subjects.INTAKE:
+        # GET /orders/{id}/trace asks every service what it knows (shared/audit.py).
+        publish.append(f"{subjects.PREFIX}.rpc.*.trace")
     subscribe = [
         subjects.rpc_all(service),
         *(deliver_subject(consumer) for _, consumer in access.consumers),
@@ -142,9 +145,33 @@ def channel_permissions(channel: str) -> Permissions:
     )
 
 
+# What the CLI reads of JetStream itself: `orderflow trace` (stream positions), `reconcile`
+# (the dead-letter stream and its consumers) and `replay` (an ephemeral, unacknowledged pull
+# consumer over a stream). Reading, and consumers of its own; never publishing events.
+CLI_JETSTREAM_READS = (
+    "INFO",
+    "STREAM.NAMES",
+    "STREAM.LIST",
+    "STREAM.INFO.*",
+    "STREAM.MSG.GET.*",
+    "DIRECT.GET.>",
+    "CONSUMER.NAMES.*",
+    "CONSUMER.LIST.*",
+    "CONSUMER.INFO.*.*",
+    "CONSUMER.CREATE.*",
+    "CONSUMER.CREATE.*.>",
+    "CONSUMER.MSG.NEXT.*.*",
+    "CONSUMER.DELETE.*.*",
+)
+
+
 def cli_permissions() -> Permissions:
     return Permissions(
-        (f"{subjects.PREFIX}.rpc.>", subjects.SUBMISSIONS_ALL),
+        (
+            f"{subjects.PREFIX}.rpc.>",
+            subjects.SUBMISSIONS_ALL,
+            *(f"{JS_API}.{api}" for api in CLI_JETSTREAM_READS),
+        ),
         (f"{inbox_prefix(CLI_USER)}.>",),
     )
 

@@ -130,14 +130,15 @@ async def reconcile(
 
 
 async def gather(nc: NATS, page: int, timeout: float) -> Facts:
-    facts_of, missing = await audit.ask_all(nc, audit.FACTS, {}, timeout)
+    token = endpoints.operator_token()
+    facts_of, missing = await audit.ask_all(nc, audit.FACTS, {}, timeout, token)
 
     async def pages(service: str, command: str, key: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         after = ""
         while True:
             answer = await rpc.call(
-                nc, service, command, {"after": after, "limit": page}, timeout=timeout
+                nc, service, command, {"after": after, "limit": page}, timeout=timeout, token=token
             )
             found.extend(answer[key])
             if not answer.get("next"):

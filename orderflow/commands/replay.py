@@ -149,7 +149,12 @@ async def live_view(nc: NATS, timeout: float) -> dict[str, dict[str, Any]]:
     after = ""
     while True:
         page = await rpc.call(
-            nc, subjects.INTAKE, audit.ORDERS, {"after": after, "limit": 1000}, timeout=timeout
+            nc,
+            subjects.INTAKE,
+            audit.ORDERS,
+            {"after": after, "limit": 1000},
+            timeout=timeout,
+            token=endpoints.operator_token(),
         )
         found.update({o["order_id"]: o for o in page["orders"]})
         if not page.get("next"):

@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 async def fetch(order_id: str, timeout: float) -> dict[str, Any]:
     nc = await endpoints.connect()
     try:
-        return await audit.gather_trace(nc, order_id, timeout)
+        return await audit.gather_trace(nc, order_id, timeout, endpoints.operator_token())
     finally:
         await nc.close()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from orderflow import endpoints
 from shared import audit, rpc, subjects
 
 OUTCOMES = ("shipped", "cancelled", "in progress", "rejected")
@@ -31,7 +32,9 @@ async def gather(
     payload = {"since": since, "until": until}
 
     async def one(service: str) -> Any:
-        return await rpc.call(nc, service, audit.REPORT, payload, timeout=timeout)
+        return await rpc.call(
+            nc, service, audit.REPORT, payload, timeout=timeout, token=endpoints.operator_token()
+        )
 
     results = await asyncio.gather(*(one(s) for s in SOURCES), return_exceptions=True)
     answers: dict[str, dict[str, Any]] = {}

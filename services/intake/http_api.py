@@ -16,7 +16,7 @@ from services.intake import domain, handlers, openapi
 from services.intake.auth import Principal
 from shared import audit
 from shared.contracts.intake import MAX_SUBMISSION_BYTES, SubmissionAnswer
-from shared.operators import roles_for
+from shared.operators import bearer_token, roles_for
 
 if TYPE_CHECKING:
     from services.intake.app import Intake
@@ -125,7 +125,10 @@ class HttpApi:
         nc = self.intake.rt.nc
         if view is None or not who.may_see(view["channel"]) or nc is None:
             return problem(404, "no such order")
-        return web.json_response(await audit.gather_trace(nc, order_id))
+        # The other services answer the caller's own token: an operator's (a channel's key is
+        # not one, and the answer then names the services that refused it).
+        token = bearer_token(request.headers.get("Authorization"))
+        return web.json_response(await audit.gather_trace(nc, order_id, token=token))
 
     async def get_orders(self, request: web.Request) -> web.Response:
         who = self.caller(request)

@@ -65,4 +65,18 @@ async def test_the_embedded_system_runs_with_one_nats_user_per_service(
         listed = cli(system, "orders", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.count('"order_id"') >= 5, listed.stdout[:500]
+
+    # The audit tools read JetStream and ask every service, as the cli user with the local
+    # admin token: every service answers and nothing is refused.
+    page = json.loads(listed.stdout)
+    order_id = (page["orders"] if isinstance(page, dict) else page)[0]["order_id"]
+    traced = cli(system, "trace", order_id, "--json")
+    assert traced.returncode == 0, traced.stderr
+    trace = json.loads(traced.stdout)
+    assert trace["missing"] == {}, trace["missing"]
+    assert sorted(trace["answered"]) == ["fulfillment", "intake", "inventory", "notify"]
+    assert any(e["kind"] == "produced" for e in trace["entries"]), trace["entries"]
+    assert cli(system, "replay", "intake").returncode in (0, 1)  # read access, not a verdict
+    reconciled = cli(system, "reconcile", "--json")
+    assert "permission" not in reconciled.stderr.lower(), reconciled.stderr
     assert violations(system) == []
