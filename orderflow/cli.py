@@ -77,10 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
-    endpoints.use_token(args.token)
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_UNREACHABLE
+    # The token given with --token is for this command only (tests run many in one process).
+    endpoints.use_token(args.token)
+    try:
+        return _run(args)
+    finally:
+        endpoints.use_token(None)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result: int = args.func(args)
         return result

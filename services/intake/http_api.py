@@ -125,9 +125,12 @@ class HttpApi:
         nc = self.intake.rt.nc
         if view is None or not who.may_see(view["channel"]) or nc is None:
             return problem(404, "no such order")
-        # The other services answer the caller's own token: an operator's (a channel's key is
-        # not one, and the answer then names the services that refused it).
-        token = bearer_token(request.headers.get("Authorization"))
+        # An operator's trace is asked with the operator's own token. A channel (its key is no
+        # operator token) is answered with intake's own, ORDERFLOW_TOKEN where one is
+        # configured; without it the answer names the services that refused.
+        token = (
+            bearer_token(request.headers.get("Authorization")) if who.kind == "operator" else None
+        )
         return web.json_response(await audit.gather_trace(nc, order_id, token=token))
 
     async def get_orders(self, request: web.Request) -> web.Response:
