@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import rpc, subjects
+from shared.db import Database
 
 TRACE = "trace"
 ORDERS = "audit_orders"
@@ -164,6 +166,31 @@ def epoch_of(value: Any, field: str) -> float | None:
 
 def iso(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+# --- answering ---------------------------------------------------------------------------------
+
+# A read-only audit command: the service's query, given one reading connection and the request.
+Query = Callable[[AsyncConnection, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def register_queries(server: rpc.RpcServer, db: Database, queries: Mapping[str, Query]) -> None:
+    """Register each service's audit commands, every one answered from a reading connection."""
+    for command, query in queries.items():
+        server.register(command, _reading(db, query))
+
+
+def _reading(db: Database, query: Query) -> rpc.Command:
+    async def run(payload: dict[str, Any]) -> dict[str, Any]:
+        async with db.reading() as conn:
+            return await query(conn, payload)
+
+    return run
+
+
+def report_window(payload: dict[str, Any]) -> tuple[float | None, float | None]:
+    """A report request's ``since`` and ``until`` (epoch seconds, or None for open)."""
+    return epoch_of(payload.get("since"), "since"), epoch_of(payload.get("until"), "until")
 
 
 # --- asking every service ---------------------------------------------------------------------

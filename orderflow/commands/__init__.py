@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from nats.aio.client import Client as NATS
 
 from orderflow import endpoints
 from shared import rpc
+
+T = TypeVar("T")
 
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 2
@@ -22,6 +27,28 @@ def run_async(coro: Awaitable[int]) -> int:
         return uvloop.run(coro)  # type: ignore[arg-type]
     except ImportError:
         return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def with_nats(work: Callable[[NATS], Awaitable[T]]) -> T:
+    """Connect to the running system, run ``work`` with the connection, close it, and return
+    what ``work`` returned."""
+    box: list[T] = []
+
+    async def go() -> int:
+        nc = await endpoints.connect()
+        try:
+            box.append(await work(nc))
+        finally:
+            await nc.close()
+        return 0
+
+    run_async(go())
+    return box[0]
+
+
+def print_result(as_json: bool, result: Any, render: Callable[[Any], str]) -> None:
+    """A command's result: JSON with ``--json``, else the command's own text."""
+    print(json.dumps(result, indent=2, default=str) if as_json else render(result))
 
 
 async def _call(service: str, command: str, payload: dict[str, Any], timeout: float) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -22,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from orderflow import endpoints
-from orderflow.commands import EXIT_REFUSED, add_json_flag, run_async
+from orderflow.commands import EXIT_REFUSED, add_json_flag, print_result, with_nats
 from shared import audit, rpc, streams, subjects
 
 RANK = {
@@ -85,24 +84,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    box: dict[str, Any] = {}
-
-    async def go() -> int:
-        nc = await endpoints.connect()
-        try:
-            box["result"] = await reconcile(
-                nc, args.outbox_age, args.settle, args.page, args.timeout
-            )
-        finally:
-            await nc.close()
-        return 0
-
-    run_async(go())
-    result: dict[str, Any] = box["result"]
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(render(result))
+    result = with_nats(
+        lambda nc: reconcile(nc, args.outbox_age, args.settle, args.page, args.timeout)
+    )
+    print_result(args.json, result, render)
     return EXIT_REFUSED if result["discrepancies"] else 0
 
 

@@ -10,7 +10,6 @@ not as a difference. Streams keep 30 days (``max_age``): older orders cannot be 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orderflow import endpoints
-from orderflow.commands import EXIT_REFUSED, add_json_flag, run_async
+from orderflow.commands import EXIT_REFUSED, add_json_flag, print_result, with_nats
 from services.intake import audit as intake_audit
 from services.intake import domain, handlers
 from services.intake.models import metadata, orders
@@ -92,22 +91,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_REFUSED
-    box: dict[str, Any] = {}
-
-    async def go() -> int:
-        nc = await endpoints.connect()
-        try:
-            box["result"] = await replay_intake(nc, args.into, args.settle, args.timeout)
-        finally:
-            await nc.close()
-        return 0
-
-    run_async(go())
-    result: dict[str, Any] = box["result"]
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(render(result))
+    result = with_nats(lambda nc: replay_intake(nc, args.into, args.settle, args.timeout))
+    print_result(args.json, result, render)
     return EXIT_REFUSED if result["differences"] else 0
 
 

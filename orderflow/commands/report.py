@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from orderflow import endpoints, report
-from orderflow.commands import EXIT_REFUSED, add_json_flag, run_async
+from orderflow import report
+from orderflow.commands import EXIT_REFUSED, add_json_flag, print_result, with_nats
 from orderflow.report import html, text
 from shared import audit, rpc
 
@@ -40,22 +39,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except rpc.CommandRefused as exc:
         print(f"refused: {exc.reason}", file=sys.stderr)
         return EXIT_REFUSED
-    box: dict[str, Any] = {}
-
-    async def go() -> int:
-        nc = await endpoints.connect()
-        try:
-            box["report"] = await report.gather(nc, since, until, args.timeout)
-        finally:
-            await nc.close()
-        return 0
-
-    run_async(go())
-    found: dict[str, Any] = box["report"]
-    if args.json:
-        print(json.dumps(found, indent=2, default=str))
-    else:
-        print(text.render(found))
+    found = with_nats(lambda nc: report.gather(nc, since, until, args.timeout))
+    print_result(args.json, found, text.render)
     if args.html is not None:
         args.html.write_text(html.render(found), encoding="utf-8")
         print(f"wrote {args.html}", file=sys.stderr)

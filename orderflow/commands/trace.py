@@ -7,12 +7,11 @@ answer within ``--timeout`` is named, and the others' answers are still shown.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from orderflow import endpoints
-from orderflow.commands import EXIT_REFUSED, add_json_flag, run_async
+from orderflow.commands import EXIT_REFUSED, add_json_flag, print_result, with_nats
 from shared import audit
 
 
@@ -28,41 +27,23 @@ def register(sub: Any) -> None:
     trace.set_defaults(func=cmd_trace)
 
 
-async def fetch(order_id: str, timeout: float) -> dict[str, Any]:
-    nc = await endpoints.connect()
-    try:
-        return await audit.gather_trace(nc, order_id, timeout, endpoints.operator_token())
-    finally:
-        await nc.close()
-
-
 def cmd_trace(args: argparse.Namespace) -> int:
     try:
-        found = run_async_value(fetch(args.order_id, args.timeout))
+        found = with_nats(
+            lambda nc: audit.gather_trace(
+                nc, args.order_id, args.timeout, endpoints.operator_token()
+            )
+        )
     except ValueError:
         print(f"refused: not an order id: {args.order_id!r}", file=sys.stderr)
         return EXIT_REFUSED
-    if args.json:
-        print(json.dumps(found, indent=2, default=str))
-    else:
-        print(render(found))
+    print_result(args.json, found, render)
     for service, why in found["missing"].items():
         print(f"warning: {service} did not answer: {why}", file=sys.stderr)
     if not found["entries"]:
         print(f"no service knows order {args.order_id}", file=sys.stderr)
         return EXIT_REFUSED
     return 0
-
-
-def run_async_value(coro: Any) -> dict[str, Any]:
-    box: dict[str, Any] = {}
-
-    async def keep() -> int:
-        box["value"] = await coro
-        return 0
-
-    run_async(keep())
-    return box["value"]  # type: ignore[no-any-return]
 
 
 def render(found: dict[str, Any]) -> str:

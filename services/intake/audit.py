@@ -160,27 +160,10 @@ async def report(conn: AsyncConnection, since: float | None, until: float | None
 
 def register(rt: ServiceRuntime) -> None:
     """The audit commands over NATS: trace, audit_orders (paged), audit_facts, report."""
-
-    async def cmd_trace(payload: dict[str, Any]) -> dict[str, Any]:
-        async with rt.db.reading() as conn:
-            return await trace(conn, str(payload.get("order_id", "")))
-
-    async def cmd_orders(payload: dict[str, Any]) -> dict[str, Any]:
-        after, limit = audit.page_request(payload)
-        async with rt.db.reading() as conn:
-            return await orders_page(conn, after, limit)
-
-    async def cmd_facts(_payload: dict[str, Any]) -> dict[str, Any]:
-        async with rt.db.reading() as conn:
-            return await facts(conn)
-
-    async def cmd_report(payload: dict[str, Any]) -> dict[str, Any]:
-        since = audit.epoch_of(payload.get("since"), "since")
-        until = audit.epoch_of(payload.get("until"), "until")
-        async with rt.db.reading() as conn:
-            return await report(conn, since, until)
-
-    rt.rpc.register(audit.TRACE, cmd_trace)
-    rt.rpc.register(audit.ORDERS, cmd_orders)
-    rt.rpc.register(audit.FACTS, cmd_facts)
-    rt.rpc.register(audit.REPORT, cmd_report)
+    queries: dict[str, audit.Query] = {
+        audit.TRACE: lambda conn, p: trace(conn, str(p.get("order_id", ""))),
+        audit.ORDERS: lambda conn, p: orders_page(conn, *audit.page_request(p)),
+        audit.FACTS: lambda conn, _p: facts(conn),
+        audit.REPORT: lambda conn, p: report(conn, *audit.report_window(p)),
+    }
+    audit.register_queries(rt.rpc, rt.db, queries)

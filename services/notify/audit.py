@@ -89,20 +89,9 @@ async def facts(conn: AsyncConnection) -> dict[str, Any]:
 
 def register(rt: ServiceRuntime) -> None:
     """The audit commands over NATS: trace, audit_orders (paged), audit_facts."""
-
-    async def cmd_trace(payload: dict[str, Any]) -> dict[str, Any]:
-        async with rt.db.reading() as conn:
-            return await trace(conn, str(payload.get("order_id", "")))
-
-    async def cmd_orders(payload: dict[str, Any]) -> dict[str, Any]:
-        after, limit = audit.page_request(payload)
-        async with rt.db.reading() as conn:
-            return await orders_page(conn, after, limit)
-
-    async def cmd_facts(_payload: dict[str, Any]) -> dict[str, Any]:
-        async with rt.db.reading() as conn:
-            return await facts(conn)
-
-    rt.rpc.register(audit.TRACE, cmd_trace)
-    rt.rpc.register(audit.ORDERS, cmd_orders)
-    rt.rpc.register(audit.FACTS, cmd_facts)
+    queries: dict[str, audit.Query] = {
+        audit.TRACE: lambda conn, p: trace(conn, str(p.get("order_id", ""))),
+        audit.ORDERS: lambda conn, p: orders_page(conn, *audit.page_request(p)),
+        audit.FACTS: lambda conn, _p: facts(conn),
+    }
+    audit.register_queries(rt.rpc, rt.db, queries)

@@ -125,17 +125,7 @@ def decode_envelope(raw: bytes) -> Envelope:
             raise UnknownEvent(f"no upcaster for {cls.event_type} v{version}")
         payload = upcast(payload)
         version += 1
-    return Envelope(
-        event_id=str(doc["event_id"]),
-        type=cls.event_type,
-        schema_version=cls.schema_version,
-        occurred_at=str(doc["occurred_at"]),
-        producer=str(doc["producer"]),
-        key=str(doc["key"]),
-        correlation_id=str(doc["correlation_id"]),
-        causation_id=doc.get("causation_id"),
-        data=cls.model_validate(payload),
-    )
+    return Envelope(**_header_fields(doc, cls), data=cls.model_validate(payload))
 
 
 def decode_header(raw: bytes) -> EventHeader:
@@ -144,16 +134,21 @@ def decode_header(raw: bytes) -> EventHeader:
     doc, cls = _header_doc(raw)
     if doc["schema_version"] < cls.schema_version and not _upcastable(cls, doc["schema_version"]):
         raise UnknownEvent(f"no upcaster for {cls.event_type} v{doc['schema_version']}")
-    return EventHeader(
-        event_id=str(doc["event_id"]),
-        type=cls.event_type,
-        schema_version=cls.schema_version,
-        occurred_at=str(doc["occurred_at"]),
-        producer=str(doc["producer"]),
-        key=str(doc["key"]),
-        correlation_id=str(doc["correlation_id"]),
-        causation_id=doc.get("causation_id"),
-    )
+    return EventHeader(**_header_fields(doc, cls))
+
+
+def _header_fields(doc: dict[str, Any], cls: type[Event]) -> dict[str, Any]:
+    """An envelope's header as this build reads it (its type's current version)."""
+    return {
+        "event_id": str(doc["event_id"]),
+        "type": cls.event_type,
+        "schema_version": cls.schema_version,
+        "occurred_at": str(doc["occurred_at"]),
+        "producer": str(doc["producer"]),
+        "key": str(doc["key"]),
+        "correlation_id": str(doc["correlation_id"]),
+        "causation_id": doc.get("causation_id"),
+    }
 
 
 def _header_doc(raw: bytes) -> tuple[dict[str, Any], type[Event]]:
