@@ -40,6 +40,7 @@ from shared.embedded_nats import EmbeddedNats, free_port
 from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
 from tests.conftest import settings_for
+from tests.sre.proxy import TcpProxy as ControlledProxy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -254,59 +255,22 @@ async def load_during(
     return items[:sent], result
 
 
-class TcpProxy:
-    """A TCP forwarder the test controls: ``cut()`` closes every connection and refuses new
-    ones (the database looks down to the service), ``restore()`` lets them through again."""
+class TcpProxy(ControlledProxy):
+    """The SRE tests' proxy with the outage vocabulary: ``cut()`` closes every connection and
+    refuses new ones (the database looks down to the service), ``restore()`` lets them through
+    again on the same port, and ``cuts`` counts the outages."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+        super().__init__(target_host, target_port)
         self.port = port_kept_across_restarts()
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
         self.cuts = 0
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._conns.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(Exception):
-                dst.close()
-
-        try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        finally:
-            self._conns.difference_update((writer, up_writer))
-
     async def cut(self) -> None:
-        """Refuse new connections (the port is closed) and drop the open ones."""
         self.cuts += 1
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._conns):
-            transport = writer.transport
-            with contextlib.suppress(Exception):
-                transport.abort()
-        self._conns.clear()
+        await self.stop()
 
     async def restore(self) -> None:
         await self.start()
-
-    async def stop(self) -> None:
-        await self.cut()
 
 
 def metric_total(rt: ServiceRuntime, name: str, **labels: str) -> float:
