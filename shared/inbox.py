@@ -7,11 +7,23 @@ values come from the message the consumer already holds: nothing is looked up on
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, Column, Float, Index, MetaData, String, Table, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    MetaData,
+    Select,
+    String,
+    Table,
+    bindparam,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db import bulk_insert
@@ -49,12 +61,18 @@ async def already_applied(
 ) -> set[str]:
     if not message_ids:
         return set()
-    result = await conn.execute(
-        select(table.c.message_id)
-        .where(table.c.consumer == consumer)
-        .where(table.c.message_id.in_(message_ids))
-    )
+    result = await conn.execute(_lookup(table), {"consumer": consumer, "ids": message_ids})
     return {row[0] for row in result}
+
+
+@functools.cache
+def _lookup(table: Table) -> Select[Any]:
+    """Built once: building the statement for every batch cost more than running it."""
+    return (
+        select(table.c.message_id)
+        .where(table.c.consumer == bindparam("consumer"))
+        .where(table.c.message_id.in_(bindparam("ids", expanding=True)))
+    )
 
 
 async def record_applied(

@@ -113,18 +113,25 @@ class Outbox:
             now = time.time()
             await self._mark(conn, [{"eid": e, "at": now} for e in event_ids])
 
-    def publish_soon(self, rows: list[dict[str, Any]]) -> None:
-        """Publish committed rows without holding up the caller; the acks are gathered in the
-        background and the rows marked in a later transaction."""
-        if rows:
-            task = asyncio.create_task(self.publish(rows))
+    async def publish_soon(self, rows: list[dict[str, Any]]) -> None:
+        """Publish committed rows without waiting for JetStream's acks: they are handed to the
+        connection now, so they leave in the same socket write as whatever the caller sends
+        next in this turn of the loop (a consumer's acks), and the acks are gathered in the
+        background; the rows are marked in a later transaction."""
+        futures = await self._send(rows)
+        if futures:
+            task = asyncio.create_task(self._confirm(futures))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def publish(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Publish rows and wait for their acks; returns how many were stored."""
+        return await self._confirm(await self._send(rows))
+
+    async def _send(self, rows: Iterable[dict[str, Any]]) -> list[tuple[str, asyncio.Future[Any]]]:
         js = self.js
         if js is None:
-            return 0
+            return []
         futures: list[tuple[str, asyncio.Future[Any]]] = []
         for row in rows:
             event_id = row["event_id"]
@@ -140,6 +147,9 @@ class Outbox:
                 log.warning("outbox publish of %s failed, the relay will retry: %s", event_id, exc)
                 continue
             futures.append((event_id, fut))
+        return futures
+
+    async def _confirm(self, futures: list[tuple[str, asyncio.Future[Any]]]) -> int:
         # One deadline for all the acks, not one each: when the stream stops answering (its
         # node died), waiting in turn would hold a service's shutdown for minutes.
         if futures:

@@ -233,7 +233,7 @@ class ServiceRuntime:
     async def execute(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run a command in one transaction with its outbox rows, then publish them."""
         result, rows = await in_unit_of_work(self.db, self.outbox, work)
-        self.outbox.publish_soon(rows)
+        await self.outbox.publish_soon(rows)
         return result
 
     async def start(self) -> None:

@@ -28,6 +28,14 @@ class ServiceSettings(BaseSettings):
     batch_max: int = Field(
         200, ge=1, le=5000, description="Most messages applied in one transaction"
     )
+    linger_s: float = Field(
+        0.1,
+        ge=0,
+        le=5,
+        description="How long a consumer off the order's critical path (status views, later "
+        "notices) lets a batch fill before applying it: fewer, larger transactions leave the "
+        "CPU to the path from submission to shipment",
+    )
     max_deliver: int = Field(5, ge=1, description="Tries before a message is dead-lettered")
     nak_delay_s: float = Field(1.0, ge=0, description="First redelivery delay; doubles per try")
     ack_wait_s: float = Field(30.0, gt=0)

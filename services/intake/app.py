@@ -188,6 +188,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
             ],
             handlers={t: handlers.record_progress for t in ("stock_reserved", "stock_backordered")},
             decode=decode_event_header,
+            linger=True,
         )
     )
     shipment_types = [t for t in handlers.PROGRESS if t.startswith("shipment_")]
@@ -198,6 +199,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
             filter_subjects=[subjects.events_of(subjects.FULFILLMENT, t) for t in shipment_types],
             handlers=dict.fromkeys(shipment_types, handlers.record_progress),
             decode=decode_event_header,
+            linger=True,
         )
     )
     # A consumer of its own (not more filters on the shipment view's): an existing durable

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Select, Update, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.intake import domain
@@ -239,31 +239,16 @@ async def _load_matches(
     if not candidates:
         return known, lookalikes
     wanted = {(c.sub.channel, c.sub.external_id) for c in candidates}
-    # channel IN and external_id IN together can use the unique index; external_id alone
-    # cannot, and would scan every order ever taken.
-    same_reference = and_(
-        orders.c.channel.in_({channel for channel, _ in wanted}),
-        orders.c.external_id.in_({ext for _, ext in wanted}),
-    )
     fingerprints = {c.fingerprint for c in candidates}
     cutoff = min(c.item.received_at.timestamp() for c in candidates) - window
-    condition = (
-        or_(
-            same_reference,
-            and_(orders.c.fingerprint.in_(fingerprints), orders.c.submitted_at >= cutoff),
-        )
-        if window > 0
-        else same_reference
-    )
     result = await conn.execute(
-        select(
-            orders.c.order_id,
-            orders.c.channel,
-            orders.c.external_id,
-            orders.c.fingerprint,
-            orders.c.submitted_at,
-            orders.c.status,
-        ).where(condition)
+        _MATCHES[window > 0],
+        {
+            "channels": sorted({channel for channel, _ in wanted}),
+            "external_ids": sorted({ext for _, ext in wanted}),
+            "fingerprints": sorted(fingerprints),
+            "cutoff": cutoff,
+        },
     )
     for order_id, channel, external_id, fp, submitted_at, status in result:
         if (channel, external_id) in wanted:
@@ -281,12 +266,45 @@ async def _load_customers(
 ) -> dict[str, tuple[str | None, str | None]]:
     if not keys:
         return {}
-    result = await conn.execute(
-        select(customers.c.customer_key, customers.c.tier, customers.c.account_manager).where(
-            customers.c.customer_key.in_(keys)
-        )
-    )
+    result = await conn.execute(_CUSTOMERS, {"keys": sorted(keys)})
     return {key: (tier, manager) for key, tier, manager in result}
+
+
+def _matches_query(lookalikes: bool) -> Select[Any]:
+    """Orders with the same (channel, external_id) -- duplicates -- and, when ``lookalikes``,
+    orders with the same fingerprint since the cutoff. Built once (module level): building a
+    statement per batch cost more than running it."""
+    # channel IN and external_id IN together can use the unique index; external_id alone
+    # cannot, and would scan every order ever taken.
+    same_reference = and_(
+        orders.c.channel.in_(bindparam("channels", expanding=True)),
+        orders.c.external_id.in_(bindparam("external_ids", expanding=True)),
+    )
+    condition = (
+        or_(
+            same_reference,
+            and_(
+                orders.c.fingerprint.in_(bindparam("fingerprints", expanding=True)),
+                orders.c.submitted_at >= bindparam("cutoff"),
+            ),
+        )
+        if lookalikes
+        else same_reference
+    )
+    return select(
+        orders.c.order_id,
+        orders.c.channel,
+        orders.c.external_id,
+        orders.c.fingerprint,
+        orders.c.submitted_at,
+        orders.c.status,
+    ).where(condition)
+
+
+_MATCHES = {flag: _matches_query(flag) for flag in (False, True)}
+_CUSTOMERS = select(customers.c.customer_key, customers.c.tier, customers.c.account_manager).where(
+    customers.c.customer_key.in_(bindparam("keys", expanding=True))
+)
 
 
 class _Tally:
@@ -344,16 +362,22 @@ def _forward_to(status: str) -> dict[str, Any]:
     }
 
 
-async def record_progress(uow: UnitOfWork, events: Sequence[EventHeader]) -> None:
-    """Keep the status view: stamp the stage's time, and move the status forward only."""
-    status, column = PROGRESS[events[0].type]
-    stmt = (
+def _progress_update(event_type: str) -> Update:
+    status, column = PROGRESS[event_type]
+    return (
         update(orders)
         .where(orders.c.order_id == bindparam("oid"))
         .values({column: bindparam("at"), **_forward_to(status), "updated_at": bindparam("at")})
     )
+
+
+_PROGRESS_UPDATES = {t: _progress_update(t) for t in PROGRESS}
+
+
+async def record_progress(uow: UnitOfWork, events: Sequence[EventHeader]) -> None:
+    """Keep the status view: stamp the stage's time, and move the status forward only."""
     rows = [{"oid": e.key, "at": _epoch(e.occurred_at)} for e in events]
-    await uow.conn.execute(stmt, rows)
+    await uow.conn.execute(_PROGRESS_UPDATES[events[0].type], rows)
 
 
 async def record_cancelled(uow: UnitOfWork, events: list[Envelope]) -> None:

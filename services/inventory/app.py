@@ -83,6 +83,7 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
                 subjects.events_of(subjects.FULFILLMENT, t) for t in fulfillment_events
             ],
             handlers=fulfillment_events,
+            linger=True,
         )
     )
 
