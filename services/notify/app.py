@@ -130,8 +130,9 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
                 # backlog: give them ~20 minutes of retries (doubling, capped at 5 min) instead
                 # of the default budget before they are dead-lettered.
                 max_deliver=None if name == "notify-intake" else 12,
-                # The order's confirmation is on its critical path; later notices are not.
-                linger=name != "notify-intake",
+                # No notice is on the order's critical path (submission to reservation): a
+                # tenth of a second's wait makes for fewer, larger transactions.
+                linger=True,
             )
         )
 
