@@ -5,6 +5,7 @@ measured on one clock and the measuring costs the services nothing while they ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import defaultdict
@@ -15,6 +16,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from orderflow import demo
 from shared import streams, subjects
@@ -58,12 +60,53 @@ async def stream_count(js: JetStreamContext, stream: str, subject: str | None = 
     return int(sum((info.state.subjects or {}).values()))
 
 
+class Arrivals:
+    """How many messages a stream has stored on a subject filter since this was created.
+
+    An ephemeral pull consumer that nobody pulls from: the server keeps its pending count as
+    messages arrive, so polling it is cheap. (``stream_info`` with a subject filter returns a
+    count per subject, and every order has its own subject: polled every 20 ms during a run,
+    that made nats-server and the bench process serialise a map of every order ever taken.)
+    """
+
+    def __init__(self, js: JetStreamContext, stream: str, name: str) -> None:
+        self.js, self.stream, self.name = js, stream, name
+
+    @classmethod
+    async def watch(cls, js: JetStreamContext, stream: str, subject: str) -> Arrivals:
+        info = await js.add_consumer(
+            stream,
+            config=ConsumerConfig(
+                filter_subject=subject,
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=300.0,
+            ),
+        )
+        return cls(js, stream, info.name)
+
+    async def count(self) -> int:
+        return int((await self.js.consumer_info(self.stream, self.name)).num_pending)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.js.delete_consumer(self.stream, self.name)
+
+
 async def offer(
     js: JetStreamContext, load: Load, done_when: list[tuple[str, str]], timeout: float
 ) -> None:
     """Publish the load at its rate, then wait until every done_when (stream, subject filter)
-    has grown by load.n messages."""
-    base = [await stream_count(js, s, f) for s, f in done_when]
+    has stored load.n more messages."""
+    watches = [await Arrivals.watch(js, s, f) for s, f in done_when]
+    try:
+        await _offer(js, load, watches, timeout)
+    finally:
+        for w in watches:
+            await w.close()
+
+
+async def _offer(js: JetStreamContext, load: Load, watches: list[Arrivals], timeout: float) -> None:
     load.started = time.monotonic()
     pending: list[asyncio.Future[Any]] = []
     interval = 1.0 / load.rate if load.rate > 0 else 0.0
@@ -84,13 +127,12 @@ async def offer(
     load.published = time.monotonic()
     deadline = load.published + timeout
     while True:
-        counts = [await stream_count(js, s, f) for s, f in done_when]
-        if all(c - b >= load.n for c, b in zip(counts, base, strict=True)):
+        counts = [await w.count() for w in watches]
+        if all(c >= load.n for c in counts):
             break
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"{load.name}: after {timeout:.0f}s only {[c - b for c, b in zip(counts, base, strict=True)]} "
-                f"of {load.n} completed"
+                f"{load.name}: after {timeout:.0f}s only {counts} of {load.n} completed"
             )
         await asyncio.sleep(0.02)
     load.completed = time.monotonic()
