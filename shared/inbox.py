@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -18,7 +18,6 @@ from sqlalchemy import (
     Float,
     Index,
     MetaData,
-    Select,
     String,
     Table,
     bindparam,
@@ -26,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import bulk_insert
+from shared.db import Query, bulk_insert
 
 
 class Applied(Protocol):
@@ -61,14 +60,14 @@ async def already_applied(
 ) -> set[str]:
     if not message_ids:
         return set()
-    result = await conn.execute(_lookup(table), {"consumer": consumer, "ids": message_ids})
-    return {row[0] for row in result}
+    rows = await _lookup(table).all(conn, {"consumer": consumer, "ids": list(message_ids)})
+    return {row[0] for row in rows}
 
 
 @functools.cache
-def _lookup(table: Table) -> Select[Any]:
+def _lookup(table: Table) -> Query:
     """Built once: building the statement for every batch cost more than running it."""
-    return (
+    return Query(
         select(table.c.message_id)
         .where(table.c.consumer == bindparam("consumer"))
         .where(table.c.message_id.in_(bindparam("ids", expanding=True)))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, Update, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.intake import domain
@@ -26,6 +26,7 @@ from shared.contracts.intake import (
     OrderSubmission,
     SubmissionAnswer,
 )
+from shared.db import Bulk, Query, bulk_insert
 from shared.ids import uuid7
 
 MAX_SUSPECTS = 10
@@ -215,7 +216,7 @@ async def submit_orders(
             )
         )
     if order_rows:
-        await uow.conn.execute(insert(orders), order_rows)
+        await bulk_insert(orders)(uow.conn, order_rows)
     if rejection_rows:
         await uow.conn.execute(insert(rejections), rejection_rows)
 
@@ -241,8 +242,8 @@ async def _load_matches(
     wanted = {(c.sub.channel, c.sub.external_id) for c in candidates}
     fingerprints = {c.fingerprint for c in candidates}
     cutoff = min(c.item.received_at.timestamp() for c in candidates) - window
-    result = await conn.execute(
-        _MATCHES[window > 0],
+    result = await _MATCHES[window > 0].all(
+        conn,
         {
             "channels": sorted({channel for channel, _ in wanted}),
             "external_ids": sorted({ext for _, ext in wanted}),
@@ -266,11 +267,11 @@ async def _load_customers(
 ) -> dict[str, tuple[str | None, str | None]]:
     if not keys:
         return {}
-    result = await conn.execute(_CUSTOMERS, {"keys": sorted(keys)})
+    result = await _CUSTOMERS.all(conn, {"keys": sorted(keys)})
     return {key: (tier, manager) for key, tier, manager in result}
 
 
-def _matches_query(lookalikes: bool) -> Select[Any]:
+def _matches_query(lookalikes: bool) -> Query:
     """Orders with the same (channel, external_id) -- duplicates -- and, when ``lookalikes``,
     orders with the same fingerprint since the cutoff. Built once (module level): building a
     statement per batch cost more than running it."""
@@ -291,19 +292,23 @@ def _matches_query(lookalikes: bool) -> Select[Any]:
         if lookalikes
         else same_reference
     )
-    return select(
-        orders.c.order_id,
-        orders.c.channel,
-        orders.c.external_id,
-        orders.c.fingerprint,
-        orders.c.submitted_at,
-        orders.c.status,
-    ).where(condition)
+    return Query(
+        select(
+            orders.c.order_id,
+            orders.c.channel,
+            orders.c.external_id,
+            orders.c.fingerprint,
+            orders.c.submitted_at,
+            orders.c.status,
+        ).where(condition)
+    )
 
 
 _MATCHES = {flag: _matches_query(flag) for flag in (False, True)}
-_CUSTOMERS = select(customers.c.customer_key, customers.c.tier, customers.c.account_manager).where(
-    customers.c.customer_key.in_(bindparam("keys", expanding=True))
+_CUSTOMERS = Query(
+    select(customers.c.customer_key, customers.c.tier, customers.c.account_manager).where(
+        customers.c.customer_key.in_(bindparam("keys", expanding=True))
+    )
 )
 
 
@@ -362,9 +367,9 @@ def _forward_to(status: str) -> dict[str, Any]:
     }
 
 
-def _progress_update(event_type: str) -> Update:
+def _progress_update(event_type: str) -> Bulk:
     status, column = PROGRESS[event_type]
-    return (
+    return Bulk(
         update(orders)
         .where(orders.c.order_id == bindparam("oid"))
         .values({column: bindparam("at"), **_forward_to(status), "updated_at": bindparam("at")})
@@ -377,7 +382,7 @@ _PROGRESS_UPDATES = {t: _progress_update(t) for t in PROGRESS}
 async def record_progress(uow: UnitOfWork, events: Sequence[EventHeader]) -> None:
     """Keep the status view: stamp the stage's time, and move the status forward only."""
     rows = [{"oid": e.key, "at": _epoch(e.occurred_at)} for e in events]
-    await uow.conn.execute(_PROGRESS_UPDATES[events[0].type], rows)
+    await _PROGRESS_UPDATES[events[0].type](uow.conn, rows)
 
 
 async def record_cancelled(uow: UnitOfWork, events: list[Envelope]) -> None:

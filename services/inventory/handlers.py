@@ -41,6 +41,7 @@ from shared.contracts.inventory import (
     StockReleased,
     StockReturned,
 )
+from shared.db import Query
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,16 @@ async def reserve_orders(
 
 
 async def _orders_already_seen(conn: AsyncConnection, order_ids: Iterable[str]) -> set[str]:
-    return set((await conn.execute(_SEEN, {"ids": list(order_ids)})).scalars())
+    return {row[0] for row in await _SEEN.all(conn, {"ids": list(order_ids)})}
 
 
 # Built once: building a statement per batch cost more than running it.
-_SEEN = union(
-    *(
-        select(t.c.order_id).where(t.c.order_id.in_(bindparam("ids", expanding=True)))
-        for t in (reservations, backorders, cancellations)
+_SEEN = Query(
+    union(
+        *(
+            select(t.c.order_id).where(t.c.order_id.in_(bindparam("ids", expanding=True)))
+            for t in (reservations, backorders, cancellations)
+        )
     )
 )
 

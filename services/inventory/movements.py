@@ -42,6 +42,7 @@ from shared.contracts.common import StockLine
 from shared.contracts.envelope import Envelope
 from shared.contracts.intake import OrderAccepted
 from shared.contracts.inventory import LowStock, ReorderSuggested, StockReserved
+from shared.db import Bulk, Query
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def insert_or_ignore(conn: AsyncConnection, table: Table) -> Insert:
 
 # The statements every reservation batch runs, built once: building them per batch cost more
 # than running them.
-_LOCK_STOCK = (
+_LOCK_STOCK = Query(
     select(
         stock.c.sku,
         stock.c.warehouse,
@@ -99,7 +100,7 @@ _LOCK_STOCK = (
     .order_by(stock.c.sku, stock.c.warehouse)
     .with_for_update(of=stock)
 )
-_ADD_TO_STOCK = (
+_ADD_TO_STOCK = Bulk(
     update(stock)
     .where(stock.c.sku == bindparam("k_sku"))
     .where(stock.c.warehouse == bindparam("k_wh"))
@@ -175,16 +176,14 @@ class StockChange:
             wanted |= {line.sku for p in self.waiting for line in p.order.lines}
         if not wanted:
             return
-        result = await self.conn.execute(_LOCK_STOCK, {"skus": sorted(wanted)})
+        rows = await _LOCK_STOCK.all(self.conn, {"skus": sorted(wanted)})
         levels: dict[Key, domain.Level] = {}
         known: dict[str, domain.Warehouse] = {}
-        for r in result:
-            levels[(r.sku, r.warehouse)] = domain.Level(r.on_hand, r.reserved)
-            known[r.warehouse] = domain.Warehouse(r.warehouse, r.rank, r.country)
-            if r.reorder_point is not None and r.sku not in self._reorder:
-                self._reorder[r.sku] = ReorderState(
-                    r.reorder_point, r.lead_time_days, r.target_cover_days, bool(r.below_reorder)
-                )
+        for sku, wh, on_hand, reserved, rank, country, point, lead, cover, below in rows:
+            levels[(sku, wh)] = domain.Level(on_hand, reserved)
+            known[wh] = domain.Warehouse(wh, rank, country)
+            if point is not None and sku not in self._reorder:
+                self._reorder[sku] = ReorderState(point, lead, cover, bool(below))
         self._before = {k: (v.on_hand, v.reserved) for k, v in levels.items()}
         self.book = domain.StockBook(levels, known.values())
 
@@ -346,7 +345,7 @@ class StockChange:
         if changes:
             # The rows are locked, so adding to what is there is exact; the table's checks
             # refuse an oversell should the arithmetic here ever be wrong.
-            await self.conn.execute(_ADD_TO_STOCK, changes)
+            await _ADD_TO_STOCK(self.conn, changes)
         if self._ledger:
             await self.conn.execute(insert(ledger), self._ledger)
             self._ledger = []
