@@ -43,6 +43,7 @@ from shared.contracts.fulfillment import (
 )
 from shared.contracts.intake import OrderCancelRequested
 from shared.contracts.inventory import StockReserved
+from shared.db import bulk_insert
 from shared.ids import uuid7
 from shared.rpc import CommandRefused
 
@@ -212,8 +213,8 @@ async def queue_shipments(
         if queued_any:
             queued_orders.append(reserved)
     if shipment_rows:
-        await uow.conn.execute(insert(shipments), shipment_rows)
-        await uow.conn.execute(insert(shipment_log), log_rows)
+        await bulk_insert(shipments)(uow.conn, shipment_rows)
+        await bulk_insert(shipment_log)(uow.conn, log_rows)
 
     def record() -> None:
         for reserved in queued_orders:

@@ -46,7 +46,7 @@ from services.notify.models import deliveries, delivery_attempts, notifications
 from services.notify.sinks import Outgoing, Sink
 from shared.consumer import UnitOfWork
 from shared.contracts.notify import NotificationFailed, NotificationSent
-from shared.db import Database
+from shared.db import Database, bulk_insert
 from shared.ids import uuid7
 from shared.metrics import ServiceMetrics
 
@@ -236,9 +236,9 @@ async def store_notifications(
             )
     if not made:
         return []
-    await uow.conn.execute(insert(notifications), [_notification_row(n) for n in made])
+    await bulk_insert(notifications)(uow.conn, [_notification_row(n) for n in made])
     if rows:
-        await uow.conn.execute(insert(deliveries), rows)
+        await bulk_insert(deliveries)(uow.conn, rows)
 
     async def after_commit() -> None:
         for template in unrouted:
