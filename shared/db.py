@@ -80,9 +80,13 @@ class _Plan:
             parts.append(self.pieces[i + 1])
         return "".join(parts), args
 
-    def row(self, params: dict[str, Any]) -> tuple[Any, ...]:
-        values = self.defaults | params if self.defaults else params
-        return tuple(values.get(name) for name in self.order)
+    def rows(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """Positional arguments for executemany (``map``, not a generator: this runs for every
+        row of every inbox, outbox and order insert)."""
+        order, defaults = self.order, self.defaults
+        if defaults:
+            return [tuple(map((defaults | row).get, order)) for row in rows]
+        return [tuple(map(row.get, order)) for row in rows]
 
 
 class _Compiled:
@@ -120,7 +124,7 @@ class Bulk(_Compiled):
             return
         plan = self.plan(conn)
         assert plan.sql is not None, "Bulk statements take no IN lists"
-        args = [plan.row(row) for row in rows]
+        args = plan.rows(rows)
         try:
             raw.executemany(plan.sql, args)
         except sqlite3.Error as exc:

@@ -148,16 +148,33 @@ async def run_ceiling(url: str, workdir: Path, n: int, payload_size: int) -> flo
             p.wait(10)
 
 
+async def run_load(
+    nc: NATS, launcher: Launcher, load: Load, timeout: float
+) -> tuple[dict[str, float], float]:
+    """Offer the load; returns the CPU seconds each service and nats-server spent meanwhile."""
+    pids = {s: p.proc.pid for s, p in launcher.services.items() if p.proc}
+    before = {s: cpu_seconds(pid) for s, pid in pids.items()}
+    nats_before = cpu_seconds(launcher.nats.proc.pid) if launcher.nats.proc else 0.0
+    await offer(nc.jetstream(), load, DONE_WHEN, timeout=timeout)
+    cpu = {s: round(cpu_seconds(pid) - before[s], 2) for s, pid in pids.items()}
+    nats_cpu = (cpu_seconds(launcher.nats.proc.pid) - nats_before) if launcher.nats.proc else 0.0
+    return cpu, nats_cpu
+
+
+def per_1000(cpu: dict[str, float], nats_cpu: float, orders: int) -> dict[str, Any]:
+    """CPU seconds per 1,000 orders: each service, their total, nats-server."""
+    return {
+        "services": {s: round(c / orders * 1000, 3) for s, c in cpu.items()},
+        "services_total": round(sum(cpu.values()) / orders * 1000, 3),
+        "nats": round(nats_cpu / orders * 1000, 3),
+    }
+
+
 async def max_run(
     nc: NATS, launcher: Launcher, name: str, n: int, seed_no: int
 ) -> tuple[Load, dict[str, float], float]:
     load = make_load(name, n, rate=0, seed=seed_no)
-    pids = {s: p.proc.pid for s, p in launcher.services.items() if p.proc}
-    before = {s: cpu_seconds(pid) for s, pid in pids.items()}
-    nats_before = cpu_seconds(launcher.nats.proc.pid) if launcher.nats.proc else 0.0
-    await offer(nc.jetstream(), load, DONE_WHEN, timeout=600)
-    cpu = {s: round(cpu_seconds(pid) - before[s], 2) for s, pid in pids.items()}
-    nats_cpu = (cpu_seconds(launcher.nats.proc.pid) - nats_before) if launcher.nats.proc else 0.0
+    cpu, nats_cpu = await run_load(nc, launcher, load, timeout=600)
     return load, cpu, nats_cpu
 
 
@@ -173,19 +190,23 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
         nc = await connect_nats(info["nats_url"], "orderflow-bench", auth=launcher.admin_auth())
         await seed(nc, local_token(launcher.credentials))
         loads: list[Load] = []
+        rate_cpu: dict[str, dict[str, Any]] = {}
         for i, rate in enumerate(cfg.rates):
             load = make_load(
                 f"rate{int(rate)}", max(50, int(rate * cfg.rate_seconds)), rate, 100 + i
             )
             say(f"offering {load.n} orders at {rate:g}/s ...")
-            await offer(nc.jetstream(), load, DONE_WHEN, timeout=300)
+            rate_cpu[load.name] = per_1000(*await run_load(nc, launcher, load, 300), load.n)
             loads.append(load)
             await asyncio.sleep(1.0)
         say(f"offering {cfg.max_orders} orders as fast as possible ...")
         max_load, cpu, nats_cpu = await max_run(nc, launcher, "max", cfg.max_orders, 7)
         loads.append(max_load)
         traced = await trace(nc, loads)
+        rate_cpu[max_load.name] = per_1000(cpu, nats_cpu, max_load.n)
         results = [stage_summary(load, traced[load.name]) for load in loads]
+        for r in results:
+            r["cpu_s_per_1000_orders"] = rate_cpu.get(r["name"])
         problems = [p for load in loads for p in traced[load.name].problems]
         orders_per_s = results[-1]["achieved_per_s"]
         say(f"orderflow: {orders_per_s} orders/s end to end (queued and notified)")
@@ -292,16 +313,20 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def print_report(report: dict[str, Any]) -> None:
     say("")
     say(
-        f"{'run':<10} {'offered/s':>9} {'achieved/s':>10}  "
+        f"{'run':<10} {'offered/s':>9} {'achieved/s':>10} {'cpu s/1k':>13}  "
         + "  ".join(f"{s + ' p50/p95/p99 ms':>28}" for s in STAGES)
     )
     for r in report["runs"]:
         cells = "  ".join(
             f"{r[s]['p50_ms']!s:>8}/{r[s]['p95_ms']!s:>8}/{r[s]['p99_ms']!s:>9}" for s in STAGES
         )
+        cpu = r.get("cpu_s_per_1000_orders")
+        used = f"{cpu['services_total']}+{cpu['nats']}" if cpu else "-"
         say(
-            f"{r['name']:<10} {r['offered_per_s'] or 'max'!s:>9} {r['achieved_per_s']:>10}  {cells}"
+            f"{r['name']:<10} {r['offered_per_s'] or 'max'!s:>9} {r['achieved_per_s']:>10} "
+            f"{used:>13}  {cells}"
         )
+    say("(cpu s/1k: CPU seconds per 1,000 orders, the four services + nats-server)")
     say("")
     for key in (
         "orders_per_s",

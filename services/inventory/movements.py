@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
@@ -42,7 +42,7 @@ from shared.contracts.common import StockLine
 from shared.contracts.envelope import Envelope
 from shared.contracts.intake import OrderAccepted
 from shared.contracts.inventory import LowStock, ReorderSuggested, StockReserved
-from shared.db import Bulk, Query
+from shared.db import Bulk, Query, bulk_insert
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ class StockChange:
             self.tally.stages.append(
                 ("reserved", order.channel, order.priority, order.submitted_at)
             )
-        await self.conn.execute(insert(reservations), rows)
+        await bulk_insert(reservations)(self.conn, rows)
 
     async def serve_waiting(self) -> None:
         """Reserve the waiting backorders the stock now allows, priority first, then oldest."""
@@ -347,7 +347,7 @@ class StockChange:
             # refuse an oversell should the arithmetic here ever be wrong.
             await _ADD_TO_STOCK(self.conn, changes)
         if self._ledger:
-            await self.conn.execute(insert(ledger), self._ledger)
+            await bulk_insert(ledger)(self.conn, self._ledger)
             self._ledger = []
         await self._check_reorder_points()
         self._before = {k: (v.on_hand, v.reserved) for k, v in self.book.levels.items()}
