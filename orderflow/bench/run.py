@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -268,6 +269,12 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
             "correct": not problems,
         }
     )
+    if cfg.home is None and not problems:
+        # Its own temporary folder: gigabytes after the growth run. Kept when something went
+        # wrong (the services' logs are there), or when the caller named the folder.
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        say(f"data and logs kept in {home}")
     return report
 
 
