@@ -313,11 +313,13 @@ class DeliveryWorker:
         # batch that found nothing).
         self._table_due = True
         self._table_read_at = 0.0
+        self._wakes = 0
         dispatcher.attach(self)
 
     def wake(self) -> None:
         """There are deliveries for this worker in the table."""
         self._table_due = True
+        self._wakes += 1
         self._wake.set()
 
     def has_room(self) -> bool:
@@ -388,8 +390,11 @@ class DeliveryWorker:
             )
             await self._release(stale)
         if not claimed and (read_table or self._table_due):
-            self._table_due, self._table_read_at = False, started_at
+            self._table_read_at, wakes = started_at, self._wakes
             claimed, notes = await self._claim(started_at)
+            # Rows found: there may be more behind them, so the next pass reads again; as it
+            # must when rows were put there while this read ran.
+            self._table_due = bool(claimed) or self._wakes != wakes
         if not claimed:
             return 0
         batch = [
@@ -448,7 +453,7 @@ class DeliveryWorker:
                     claim_expires_at=None,
                 )
             )
-        self._table_due = True
+        self.wake()
         log.info("%s: %d claimed deliveries released unsent", self.sink.name, len(delivery_ids))
 
     async def _claim(self, now: float) -> tuple[list[Claimed], dict[str, Notification]]:

@@ -4,6 +4,7 @@ retry with backoff, give up with an alert, leases, resends, and two workers on o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -218,6 +219,29 @@ async def test_a_pending_delivery_is_sent_once_recorded_and_announced(
     )
     assert sample(metrics, "orderflow_notify_deliveries_total", sink="hook", result="sent") == 1
     assert sample(metrics, "orderflow_notify_delivery_duration_seconds_count", sink="hook") == 1
+
+
+async def test_the_running_worker_drains_a_table_larger_than_its_batch_without_waiting_to_poll(
+    db: Database, metrics: ServiceMetrics
+) -> None:
+    # Deliveries left pending in the table (by another replica, or while this worker's queue was
+    # full) are claimed batch after batch until none is left, not one batch per poll interval.
+    sink = ScriptedSink("hook")
+    execute, clock = Executor(db), Clock()
+    dispatcher = dispatching([sink.route], metrics, clock, attempt_limit=3)
+    worker = worker_for(sink, db, dispatcher, execute, clock, batch=10, poll_s=60.0)
+    await confirm(db, dispatcher, n=25)
+    running = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(sink.got) < 25:
+                await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert len(sink.got) == 25
+    assert {r["status"] for r in await delivery_rows(db, "hook")} == {"sent"}
 
 
 async def test_a_failing_sink_is_retried_with_backoff_until_it_takes_it(
