@@ -188,13 +188,16 @@ class ServiceRuntime:
         metadata: MetaData,
         streams: tuple[stream_specs.StreamSpec, ...],
         migrations: Path | None = None,
+        dedicated_writer: bool = False,
     ) -> None:
         self.name = name
         # The service's Alembic revisions; without them (tests' ad-hoc services) create_all.
         self.migrations = migrations
         self.settings = settings
         self.metrics = ServiceMetrics(name)
-        self.db = Database(settings.database_url_for(name), metadata)
+        self.db = Database(
+            settings.database_url_for(name), metadata, dedicated_writer=dedicated_writer
+        )
         self.outbox = Outbox(metadata.tables["outbox"], self.metrics)
         self.inbox = metadata.tables["inbox"]
         self.streams = streams

@@ -46,6 +46,8 @@ def create_service(settings: ServiceSettings | None = None) -> ServiceRuntime:
         settings,
         metadata,
         migrations=MIGRATIONS,
+        # On the order's critical path: its writes keep one warm connection (shared/db.py).
+        dedicated_writer=True,
         streams=(streams.INTAKE, streams.INVENTORY, streams.FULFILLMENT, streams.DEAD_LETTERS),
     )
     metrics = InventoryMetrics(rt.metrics)
