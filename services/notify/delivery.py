@@ -46,7 +46,7 @@ from services.notify.models import deliveries, delivery_attempts, notifications
 from services.notify.sinks import Outgoing, Sink
 from shared.consumer import UnitOfWork
 from shared.contracts.notify import NotificationFailed, NotificationSent
-from shared.db import Database, bulk_insert
+from shared.db import Database, Query, bulk_insert
 from shared.ids import uuid7
 from shared.metrics import ServiceMetrics
 
@@ -151,6 +151,24 @@ class Handed:
     claim_expires_at: float
 
 
+# Built once: building them for every batch cost more than running them.
+_MARK_SENT = Query(
+    update(deliveries)
+    .where(
+        deliveries.c.delivery_id.in_(bindparam("ids", expanding=True)),
+        deliveries.c.claimed_by == bindparam("token"),
+        deliveries.c.status == SENDING,
+    )
+    .values(status=SENT, sent_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
+    .returning(deliveries.c.delivery_id)
+)
+_STORED = Query(
+    select(notifications.c.source_event_id, notifications.c.recipient).where(
+        notifications.c.source_event_id.in_(bindparam("sources", expanding=True))
+    )
+)
+
+
 async def store_notifications(
     uow: UnitOfWork, drafts: Sequence[tuple[str, Draft]], dispatcher: Dispatcher
 ) -> list[Notification]:
@@ -162,12 +180,10 @@ async def store_notifications(
     replica claims it first."""
     if not drafts:
         return []
-    result = await uow.conn.execute(
-        select(notifications.c.source_event_id, notifications.c.recipient).where(
-            notifications.c.source_event_id.in_({source for source, _ in drafts})
-        )
-    )
-    done: set[tuple[str, str]] = {(r[0], r[1]) for r in result}
+    sources = sorted({source for source, _ in drafts})
+    done: set[tuple[str, str]] = {
+        (r[0], r[1]) for r in await _STORED.all(uow.conn, {"sources": sources})
+    }
     now = dispatcher.clock()
     takers = {sink: worker for sink, worker in dispatcher.workers.items() if worker.has_room()}
     made: list[Notification] = []
@@ -551,15 +567,10 @@ class DeliveryWorker:
                 )
             else:
                 given_up.append((token, c, item.notification, o.error or "unknown error"))
-        mine = and_(d.claimed_by == token, d.status == SENDING)
         marked: set[str] = set()
         if sent:
-            result = await conn.execute(
-                update(deliveries)
-                .where(d.delivery_id.in_([i.delivery_id for i in sent]), mine)
-                .values(status=SENT, sent_at=now, claimed_by=None, claim_expires_at=None)
-                .returning(d.delivery_id)
-            )
+            ids = [i.delivery_id for i in sent]
+            result = await _MARK_SENT.all(conn, {"ids": ids, "token": token, "now": now})
             marked = {row[0] for row in result}
             for item in sent:
                 n = item.notification

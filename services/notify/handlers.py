@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.notify import domain
@@ -31,6 +31,7 @@ from shared.contracts.fulfillment import (
 )
 from shared.contracts.intake import OrderAccepted, OrderRejected
 from shared.contracts.inventory import LowStock, StockBackordered
+from shared.db import Query, bulk_insert
 from shared.metrics import ServiceMetrics
 
 E = TypeVar("E", bound=Event)
@@ -63,25 +64,26 @@ class BurstRule:
     threshold: int
 
 
+# Built once: building it for every batch cost more than running it.
+_KNOWN_RECIPIENTS = Query(
+    select(recipients.c.order_id).where(recipients.c.order_id.in_(bindparam("ids", expanding=True)))
+)
+
+
 async def order_accepted(
     uow: UnitOfWork, events: list[Envelope], dispatcher: Dispatcher, metrics: ServiceMetrics
 ) -> None:
     """Remember who to tell about the order, and confirm it to them."""
     accepted = _payloads(events, OrderAccepted)
-    known = set(
-        await uow.conn.scalars(
-            select(recipients.c.order_id).where(
-                recipients.c.order_id.in_({e.order_id for _, e in accepted})
-            )
-        )
-    )
+    ids = sorted({e.order_id for _, e in accepted})
+    known = {row[0] for row in await _KNOWN_RECIPIENTS.all(uow.conn, {"ids": ids})}
     rows: list[dict[str, Any]] = []
     for _, event in accepted:
         if event.order_id not in known:
             known.add(event.order_id)
             rows.append(_recipient_row(domain.recipient_of(event)))
     if rows:
-        await uow.conn.execute(insert(recipients), rows)
+        await bulk_insert(recipients)(uow.conn, rows)
     made = await store_notifications(
         uow, [(env.event_id, domain.confirmation(e)) for env, e in accepted], dispatcher
     )
