@@ -8,6 +8,7 @@ notify stream. A script tells its handler which orders to fail on, and how.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 import uuid
@@ -70,7 +71,7 @@ class Script:
     tries: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-def create_probe(settings: ServiceSettings, script: Script) -> ServiceRuntime:
+def create_probe(settings: ServiceSettings, script: Script, linger: bool = False) -> ServiceRuntime:
     rt = ServiceRuntime(
         PROBE,
         settings,
@@ -119,6 +120,7 @@ def create_probe(settings: ServiceSettings, script: Script) -> ServiceRuntime:
             stream=streams.INTAKE.name,
             filter_subjects=[subjects.events_of(subjects.INTAKE, "order_duplicate")],
             handlers={"order_duplicate": note_duplicates},
+            linger=linger,
         )
     )
     return rt
@@ -286,6 +288,35 @@ async def test_inbox_applies_an_event_delivered_twice_once(
         assert [r["event_id"] for r in await rows_of(rt, things)] == [incoming.event_id]
         assert len(await rows_of(rt, probe_outbox)) == 1
         assert sample(rt, "orderflow_events_processed_total", handler="order_duplicate") == 1
+
+
+async def test_a_lingering_consumer_applies_what_arrived_within_linger_s_as_one_batch(
+    nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    # Off the critical path a consumer lets its batch fill: three events published 50 ms apart
+    # are applied together, once linger_s has passed since the first arrived.
+    linger = 0.6
+    settings = settings_for(nats_url, database_url, tmp_path, linger_s=linger)
+    script = Script()
+    exts = [unique_ext("slow") for _ in range(3)]
+    async with nats_client(nats_url) as (_, js):
+        await prepare_streams(js, settings)
+        rt = create_probe(settings, script, linger=True)
+        async with running(rt):
+            first_published = time.time()
+            for ext in exts:
+                await publish(js, duplicate_seen(ext))
+                await asyncio.sleep(0.05)
+
+            async def all_applied() -> list[dict[str, Any]]:
+                rows = await rows_of(rt, things)
+                return rows if len(rows) >= 3 else []
+
+            rows = await eventually(all_applied, what="the three events applied")
+
+    assert script.calls == [exts], script.calls
+    assert min(r["applied_at"] for r in rows) >= first_published + linger * 0.8
+    assert consumer_metric(rt, "orderflow_dead_letters_total") == 0
 
 
 async def test_a_failing_handler_is_retried_without_holding_back_its_batch(
