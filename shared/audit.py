@@ -174,8 +174,24 @@ def iso(epoch: float | None) -> str | None:
 Query = Callable[[AsyncConnection, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def register_queries(server: rpc.RpcServer, db: Database, queries: Mapping[str, Query]) -> None:
-    """Register each service's audit commands, every one answered from a reading connection."""
+def register_queries(
+    server: rpc.RpcServer,
+    db: Database,
+    *,
+    trace: Callable[[AsyncConnection, str], Awaitable[dict[str, Any]]],
+    orders_page: Callable[[AsyncConnection, str, int], Awaitable[dict[str, Any]]],
+    facts: Callable[[AsyncConnection], Awaitable[dict[str, Any]]],
+    extra: Mapping[str, Query] | None = None,
+) -> None:
+    """Register a service's audit commands: the three every service answers (an order's
+    trace, its orders page by page, its facts), with their requests read here, and its own
+    (``extra``). Each is answered from a reading connection."""
+    queries: dict[str, Query] = {
+        TRACE: lambda conn, p: trace(conn, str(p.get("order_id", ""))),
+        ORDERS: lambda conn, p: orders_page(conn, *page_request(p)),
+        FACTS: lambda conn, _p: facts(conn),
+        **(extra or {}),
+    }
     for command, query in queries.items():
         server.register(command, _reading(db, query))
 

@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from sqlalchemy import func, select
 
 from orderflow import demo
-from orderflow.bench.load import BENCH_SKUS
+from orderflow.bench.load import BENCH_SKUS, restocks
 from shared import subjects
 from shared.consumer import BatchConsumer
 from shared.contracts.envelope import new_envelope
@@ -130,17 +130,8 @@ async def measure(
         await rt.db.create_schema()
     try:
         if service == "inventory":
-            restock = rt.rpc.commands["restock"]
-            for sku, units, _ in BENCH_SKUS:
-                await restock(
-                    {
-                        "sku": sku,
-                        "quantity": units,
-                        "warehouse": "WH-BENCH",
-                        "reason": "bench",
-                        "actor": "bench",
-                    }
-                )
+            for command in restocks():
+                await rt.rpc.commands["restock"](command)
         spec = next(s for s in rt.consumer_specs if s.name == CONSUMERS[service])
         consumer = BatchConsumer(spec, rt.name, rt.db, rt.inbox, rt.outbox, rt.metrics, rt.settings)
         messages = _Messages(service, spec.name)

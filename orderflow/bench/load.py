@@ -22,6 +22,22 @@ from orderflow import demo
 from shared import streams, subjects
 
 BENCH_SKUS = [(f"BENCH-{i:03d}", 1_000_000, f"{10 + i}.50") for i in range(20)]
+
+
+def restocks() -> list[dict[str, Any]]:
+    """Inventory's restock commands that give every bench SKU its units."""
+    return [
+        {
+            "sku": sku,
+            "quantity": units,
+            "warehouse": "WH-BENCH",
+            "reason": "bench",
+            "actor": "bench",
+        }
+        for sku, units, _ in BENCH_SKUS
+    ]
+
+
 CHANNELS = ("web", "wechat", "phone", "marketplace")
 STAGES = ("accepted", "reserved", "queued", "notified")
 

@@ -21,12 +21,12 @@ from nats.aio.client import Client as NATS
 
 from orderflow.bench import ceiling, history
 from orderflow.bench.load import (
-    BENCH_SKUS,
     STAGES,
     Load,
     make_load,
     offer,
     percentile,
+    restocks,
     stream_count,
     trace,
 )
@@ -86,21 +86,8 @@ def stage_summary(load: Load, traced: Any) -> dict[str, Any]:
 
 
 async def seed(nc: NATS, token: str) -> None:
-    for sku, units, _ in BENCH_SKUS:
-        await rpc.call(
-            nc,
-            "inventory",
-            "restock",
-            {
-                "sku": sku,
-                "quantity": units,
-                "warehouse": "WH-BENCH",
-                "reason": "bench",
-                "actor": "bench",
-            },
-            timeout=30,
-            token=token,
-        )
+    for command in restocks():
+        await rpc.call(nc, "inventory", "restock", command, timeout=30, token=token)
 
 
 async def run_ceiling(url: str, workdir: Path, n: int, payload_size: int) -> float:
@@ -204,7 +191,7 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
         max_load, cpu, nats_cpu = await max_run(nc, launcher, "max", cfg.max_orders, 7)
         loads.append(max_load)
         traced = await trace(nc, loads)
-        rate_cpu[max_load.name] = per_1000(cpu, nats_cpu, max_load.n)
+        at_max = rate_cpu[max_load.name] = per_1000(cpu, nats_cpu, max_load.n)
         results = [stage_summary(load, traced[load.name]) for load in loads]
         for r in results:
             r["cpu_s_per_1000_orders"] = rate_cpu.get(r["name"])
@@ -262,11 +249,9 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
             "p99_reserved_ms_at_1000": at_1000["reserved"]["p99_ms"] if at_1000 else None,
             "peak_rss_mb": max(rss.values()) if rss else None,
             "peak_rss_mb_by_service": rss,
-            "cpu_s_per_1000_orders": {
-                s: round(c / cfg.max_orders * 1000, 3) for s, c in cpu.items()
-            },
-            "cpu_s_per_1000_orders_total": round(sum(cpu.values()) / cfg.max_orders * 1000, 3),
-            "nats_cpu_s_per_1000_orders": round(nats_cpu / cfg.max_orders * 1000, 3),
+            "cpu_s_per_1000_orders": at_max["services"],
+            "cpu_s_per_1000_orders_total": at_max["services_total"],
+            "nats_cpu_s_per_1000_orders": at_max["nats"],
             "growth_ratio": growth.get("ratio"),
             "growth": growth,
             "runs": results,

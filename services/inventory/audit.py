@@ -225,11 +225,14 @@ async def report(
 def register(rt: ServiceRuntime, policy: domain.Policy) -> None:
     """The audit commands over NATS: trace, audit_orders (paged), audit_facts, audit_stock
     (paged), report."""
-    queries: dict[str, audit.Query] = {
-        audit.TRACE: lambda conn, p: trace(conn, str(p.get("order_id", ""))),
-        audit.ORDERS: lambda conn, p: orders_page(conn, *audit.page_request(p)),
-        audit.FACTS: lambda conn, _p: facts(conn),
-        audit.STOCK: lambda conn, p: stock_page(conn, *audit.page_request(p)),
-        audit.REPORT: lambda conn, p: report(conn, policy, *audit.report_window(p)),
-    }
-    audit.register_queries(rt.rpc, rt.db, queries)
+    audit.register_queries(
+        rt.rpc,
+        rt.db,
+        trace=trace,
+        orders_page=orders_page,
+        facts=facts,
+        extra={
+            audit.STOCK: lambda conn, p: stock_page(conn, *audit.page_request(p)),
+            audit.REPORT: lambda conn, p: report(conn, policy, *audit.report_window(p)),
+        },
+    )

@@ -89,9 +89,4 @@ async def facts(conn: AsyncConnection) -> dict[str, Any]:
 
 def register(rt: ServiceRuntime) -> None:
     """The audit commands over NATS: trace, audit_orders (paged), audit_facts."""
-    queries: dict[str, audit.Query] = {
-        audit.TRACE: lambda conn, p: trace(conn, str(p.get("order_id", ""))),
-        audit.ORDERS: lambda conn, p: orders_page(conn, *audit.page_request(p)),
-        audit.FACTS: lambda conn, _p: facts(conn),
-    }
-    audit.register_queries(rt.rpc, rt.db, queries)
+    audit.register_queries(rt.rpc, rt.db, trace=trace, orders_page=orders_page, facts=facts)
