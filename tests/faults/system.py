@@ -14,9 +14,7 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,41 +54,11 @@ CHANNEL_KEYS = {c: f"{c}-fault-key-0123456789abcdef" for c in (*demo.CHANNELS, "
 ADMIN_TOKEN = "fault-admin-token-0123456789abcdef"
 
 
-def port_kept_across_restarts() -> int:
-    """A free port below the kernel's ephemeral range, for a listener this test closes and
-    opens again: a port from the range could be handed to another process's ``bind(0)`` (other
-    people run tests on this machine) while ours is down."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1025, low - 12000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
 class RestartableNats(EmbeddedNats):
     """A nats-server on a fixed port whose file store outlives a restart (or a ``kill -9``)."""
 
     def __init__(self, store_dir: Path) -> None:
-        super().__init__(
-            store_dir, port=port_kept_across_restarts(), monitor_port=port_kept_across_restarts()
-        )
-
-    def start(self, timeout: float = 15.0) -> str:
-        url = super().start(timeout)
-        # The port answering is not enough: it must be our server that answers.
-        time.sleep(0.2)
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"nats-server could not listen on {self.url} again")
-        return url
+        super().__init__(store_dir, port=free_port(), monitor_port=free_port())
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -262,7 +230,7 @@ class TcpProxy(ControlledProxy):
 
     def __init__(self, target_host: str, target_port: int) -> None:
         super().__init__(target_host, target_port)
-        self.port = port_kept_across_restarts()
+        self.port = free_port()
         self.cuts = 0
 
     async def cut(self) -> None:

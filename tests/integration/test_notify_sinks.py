@@ -8,7 +8,6 @@ import asyncio
 import email
 import hashlib
 import hmac
-import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from aiosmtpd.controller import Controller
 
 from services.notify.domain import Notification, Route
 from services.notify.sinks import EmailSink, Outgoing, SmtpServer, WebhookSink
+from shared.embedded_nats import free_port
 from shared.ids import uuid7
 
 SECRET = "test-secret-0123456789"
@@ -125,13 +125,6 @@ class SmtpReceiver:
     async def stop(self) -> None:
         if self._controller is not None:
             await asyncio.to_thread(self._controller.stop)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
