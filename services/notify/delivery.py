@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.notify import domain
@@ -46,7 +46,7 @@ from services.notify.models import deliveries, delivery_attempts, notifications
 from services.notify.sinks import Outgoing, Sink
 from shared.consumer import UnitOfWork
 from shared.contracts.notify import NotificationFailed, NotificationSent
-from shared.db import Database, Query, bulk_insert
+from shared.db import Bulk, Database, Query, bulk_insert
 from shared.ids import uuid7
 from shared.metrics import ServiceMetrics
 
@@ -161,6 +161,21 @@ _MARK_SENT = Query(
     )
     .values(status=SENT, sent_at=bindparam("now"), claimed_by=None, claim_expires_at=None)
     .returning(deliveries.c.delivery_id)
+)
+_RETRY_LATER = Bulk(
+    update(deliveries)
+    .where(
+        deliveries.c.delivery_id == bindparam("b_id"),
+        deliveries.c.claimed_by == bindparam("b_token"),
+        deliveries.c.status == SENDING,
+    )
+    .values(
+        status=PENDING,
+        next_attempt_at=bindparam("b_next"),
+        last_error=bindparam("b_error"),
+        claimed_by=None,
+        claim_expires_at=None,
+    )
 )
 _STORED = Query(
     select(notifications.c.source_event_id, notifications.c.recipient).where(
@@ -530,9 +545,9 @@ class DeliveryWorker:
         batch: list[Outgoing],
         outcomes: Sequence[AttemptOutcome],
     ) -> None:
-        conn, now, d, token = uow.conn, self.clock(), deliveries.c, self.token
-        await conn.execute(
-            insert(delivery_attempts),
+        conn, now, token = uow.conn, self.clock(), self.token
+        await bulk_insert(delivery_attempts)(
+            conn,
             [
                 {
                     "delivery_id": c.delivery_id,
@@ -589,22 +604,7 @@ class DeliveryWorker:
                         correlation_id=n.order_id,
                     )
         if retries:
-            await conn.execute(
-                update(deliveries)
-                .where(
-                    d.delivery_id == bindparam("b_id"),
-                    d.claimed_by == bindparam("b_token"),
-                    d.status == SENDING,
-                )
-                .values(
-                    status=PENDING,
-                    next_attempt_at=bindparam("b_next"),
-                    last_error=bindparam("b_error"),
-                    claimed_by=None,
-                    claim_expires_at=None,
-                ),
-                retries,
-            )
+            await _RETRY_LATER(conn, retries)
         failed = await self._give_up(uow, now, given_up)
         sink, metrics = self.sink.name, self.dispatcher.metrics
 
