@@ -5,6 +5,7 @@ loop or a handler moves — from the noise of six processes sharing two cores.
 
     python -m orderflow.bench.batch intake --batch 1 --batches 2000
     python -m orderflow.bench.batch inventory --batch 10 --profile
+    python -m orderflow.bench.batch notify --batch 100 --history 1000000
 
 Prints CPU milliseconds per batch and microseconds per message (process CPU time, after a
 warm-up of 50 batches); ``--profile`` adds the top of a cProfile (which inflates small calls).
@@ -24,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,6 +33,7 @@ from nats.aio.msg import Msg
 from sqlalchemy import func, select
 
 from orderflow import demo
+from orderflow.bench import history
 from orderflow.bench.load import BENCH_SKUS, restocks
 from shared import subjects
 from shared.consumer import BatchConsumer
@@ -111,7 +114,13 @@ class _Messages:
 
 
 async def measure(
-    service: str, batch: int, batches: int, *, profile: bool = False, warmup: int = 50
+    service: str,
+    batch: int,
+    batches: int,
+    *,
+    profile: bool = False,
+    warmup: int = 50,
+    history_orders: int = 0,
 ) -> Result:
     home = tempfile.mkdtemp(prefix="orderflow-batch-")
     # The service reads its settings from the environment: its home only while it is built.
@@ -128,6 +137,11 @@ async def measure(
         await upgrade(rt.db, rt.name, rt.migrations)
     else:
         await rt.db.create_schema()
+    if history_orders:
+        # The bench's growth run's history, stored before the first batch (the pool's
+        # connections are idle: the prefill's own connection is the only writer meanwhile).
+        db_file = Path(home) / f"{service}.db"
+        history.prefill(service, db_file, rt.db.metadata, history_orders)
     try:
         if service == "inventory":
             for command in restocks():
@@ -162,8 +176,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="messages per batch")
     parser.add_argument("--batches", type=int, default=300, help="batches measured")
     parser.add_argument("--profile", action="store_true", help="print a cProfile as well")
+    parser.add_argument(
+        "--history", type=int, default=0, help="orders of history stored first (growth)"
+    )
     args = parser.parse_args()
-    result = asyncio.run(measure(args.service, args.batch, args.batches, profile=args.profile))
+    result = asyncio.run(
+        measure(
+            args.service,
+            args.batch,
+            args.batches,
+            profile=args.profile,
+            history_orders=args.history,
+        )
+    )
     print(
         f"{result.service} {CONSUMERS[result.service]}: batch of {result.batch}: "
         f"{result.ms_per_batch:.3f} ms CPU per batch, {result.us_per_message:.0f} µs per message"

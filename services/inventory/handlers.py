@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, insert, select, union, update
+from sqlalchemy import bindparam, exists, insert, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.inventory import domain
@@ -284,16 +284,15 @@ async def release_raced_cancellations(
     have reserved (or backordered) an order while this one recorded its cancellation. Returns
     how many orders were released."""
     since = time.time() - window_s
-    raced = union(
-        select(reservations.c.order_id)
-        .join(cancellations, cancellations.c.order_id == reservations.c.order_id)
-        .where(cancellations.c.at >= since)
-        .where(reservations.c.status == "reserved"),
-        select(backorders.c.order_id)
-        .join(cancellations, cancellations.c.order_id == backorders.c.order_id)
-        .where(cancellations.c.at >= since)
-        .where(backorders.c.status == "waiting"),
+    # Driven by the recent cancellations (a range of ix_cancellations_at), each looked up in
+    # reservations and backorders by key: joined the other way round, SQLite scanned every
+    # reservation ever made at every sweep (90 ms a second with a million orders stored).
+    c = cancellations.c
+    holding = exists().where(
+        reservations.c.order_id == c.order_id, reservations.c.status == "reserved"
     )
+    waiting = exists().where(backorders.c.order_id == c.order_id, backorders.c.status == "waiting")
+    raced = select(c.order_id).where(c.at >= since, or_(holding, waiting))
     ids = list((await uow.conn.execute(raced)).scalars())
     if not ids:
         return 0

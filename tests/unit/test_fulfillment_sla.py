@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from shared.consumer import UnitOfWork
 from shared.contracts.fulfillment import ShipmentEscalated, ShipmentOverdue
 from shared.db import Database
 from shared.runtime import ServiceRuntime
+from tests.plans import full_scans
 from tests.unit.test_fulfillment_handlers import (
     SLA,
     in_transaction,
@@ -183,3 +185,17 @@ async def test_the_sla_job_flags_through_the_outbox_and_sets_the_queue_depth(
         "orderflow_fulfillment_queue_depth", {"priority": "urgent", "status": "picked"}
     ) == (1)
     assert depth("urgent") == 0
+
+
+async def test_the_sla_job_searches_never_scans_the_shipments_ever_made(
+    rt: ServiceRuntime,
+) -> None:
+    # It runs every sla_check_s for as long as the service runs; shipments and their log grow
+    # with every order ever taken (those still in the warehouse are what it may read).
+    metrics = FulfillmentMetrics.of(rt.metrics)
+    await queue(rt.db, reservation(("TEA-001", "WH-1", 1), priority="urgent"), metrics=metrics)
+    watch = SlaWatch(rt, metrics, FulfillmentSettings(), clock=lambda: time.time() + 9 * HOUR)
+
+    found = await full_scans(rt.db, ("shipments", "shipment_log"), watch.tick)
+
+    assert found == []

@@ -50,6 +50,7 @@ from shared.db import Database
 from shared.ids import uuid7
 from shared.metrics import ServiceMetrics
 from shared.rpc import CommandRefused
+from tests.plans import full_scans
 
 T = TypeVar("T")
 
@@ -968,3 +969,22 @@ async def test_stats_report_what_happened(inv: Inventory, db: Database) -> None:
         "returned": 1,
     }
     assert [e["reason"] for e in newest_two] == ["shipped", "return"]
+
+
+async def test_the_periodic_sweep_and_gauges_search_never_scan_the_per_order_tables(
+    inv: Inventory, db: Database
+) -> None:
+    # They run every second or so for as long as the service runs: a scan of reservations
+    # (the sweep's join once started from it) grows with every order ever taken.
+    await inv.restock("TEA-024", 5)
+    await inv.reserve(accepted(("TEA-024", 1)), accepted(("TEA-024", 9)))
+    await inv.cancel(accepted(("TEA-024", 2)).key)
+
+    async def periodic() -> None:
+        await inv.run(lambda u: handlers.release_raced_cancellations(u, inv.metrics, inv.policy))
+        await inv.run(lambda u: handlers.expire_backorders(u, inv.metrics))
+        async with db.reading() as conn:
+            await queries.gauge_values(conn)
+
+    growing = ("reservations", "ledger", "backorders", "cancellations")
+    assert await full_scans(db, growing, periodic) == []

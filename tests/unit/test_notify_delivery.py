@@ -27,6 +27,7 @@ from shared.contracts.notify import NotificationFailed, NotificationSent
 from shared.db import Database
 from shared.ids import uuid7
 from shared.metrics import ServiceMetrics
+from tests.plans import full_scans
 
 T = TypeVar("T")
 OK = AttemptOutcome(ok=True, duration_s=0.01, status_code=200)
@@ -602,3 +603,24 @@ async def test_a_stopping_worker_records_its_attempt_and_gives_back_what_it_hold
         ("pending", 0, ""),
         ("sent", 1, ""),
     ]
+
+
+async def test_the_workers_table_reads_and_the_gauges_search_never_scan_every_delivery(
+    db: Database, metrics: ServiceMetrics
+) -> None:
+    # They run every poll interval for as long as the service runs, and notifications,
+    # deliveries and attempts grow with every order ever taken.
+    sink = ScriptedSink("hook")
+    execute, clock = Executor(db), Clock()
+    dispatcher = dispatching([sink.route], metrics, clock)
+    worker = worker_for(sink, db, dispatcher, execute, clock)
+    await confirm(db, dispatcher, 3)
+
+    async def periodic() -> None:
+        assert await worker.run_once() == 3
+        assert await worker.run_once() == 0
+        await worker.sweep_abandoned()
+        await delivery.observe_pending(db, [sink.name], dispatcher.metrics)
+
+    growing = ("notifications", "deliveries", "delivery_attempts", "recipients")
+    assert await full_scans(db, growing, periodic) == []
