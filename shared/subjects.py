@@ -7,6 +7,8 @@ such as ``orderflow.*.*.<order_id>``.
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "orderflow"
 
 INTAKE = "intake"
@@ -57,8 +59,12 @@ def rpc_all(service: str) -> str:
     return f"{PREFIX}.rpc.{service}.*"
 
 
+# What may not appear in a token: dots, wildcards and whitespace would change a subject's meaning.
+_NOT_IN_A_TOKEN = re.compile(r"[.*>\s]")
+
+
 def _token(value: str) -> str:
-    # A key must stay one subject token: dots, spaces and wildcards would change its meaning.
-    if not value or any(c in value for c in ".*> \t\r\n"):
+    # One regex search, not a scan per character: this runs for every event published.
+    if not value or _NOT_IN_A_TOKEN.search(value):
         raise ValueError(f"not usable as a subject token: {value!r}")
     return value
