@@ -7,8 +7,12 @@ as large as after N real orders. Outbox rows are marked published, so nothing is
 
 from __future__ import annotations
 
+import importlib
+import os
 import sqlite3
 import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +75,24 @@ def prefill(service: str, db_path: Path, metadata: MetaData, n: int) -> dict[str
     finally:
         conn.close()
     return took
+
+
+def prefill_service(service: str, db_path: Path, n: int) -> dict[str, float]:
+    """``prefill`` with the service's own tables: callable in a worker process."""
+    module = importlib.import_module(f"services.{service}.models")
+    return prefill(service, db_path, module.metadata, n)
+
+
+def prefill_all(home: Path, services: Iterable[str], n: int) -> dict[str, dict[str, float]]:
+    """Prefill every service's database, as many at once as there are cores (each file is
+    written by its own process; one after the other took over three minutes here)."""
+    names = list(services)
+    workers = max(1, min(len(names), os.cpu_count() or 1))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            name: pool.submit(prefill_service, name, home / f"{name}.db", n) for name in names
+        }
+        return {name: future.result() for name, future in futures.items()}
 
 
 def _generated(column: Any) -> bool:
