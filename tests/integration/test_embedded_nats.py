@@ -40,8 +40,10 @@ def test_a_port_fixed_by_the_caller_and_taken_fails_at_once_with_the_servers_rea
     server = EmbeddedNats(tmp_path / "nats", port=port, log_file=tmp_path / "nats.log")
     with _listener(port):
         started = time.monotonic()
-        with pytest.raises(RuntimeError, match=r"exited.*address already in use"):
-            server.start(timeout=15)
+        try:
+            with pytest.raises(RuntimeError, match=r"exited.*address already in use"):
+                server.start(timeout=15)
+        finally:
+            server.stop()  # never left running, whatever the test found
         # The exit is noticed when it happens, not after the 15 s wait for the port.
         assert time.monotonic() - started < 10
-    assert server.proc is None
