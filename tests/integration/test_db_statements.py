@@ -127,3 +127,47 @@ async def test_bulk_insert_conflict_is_an_integrity_error(database_url: str) -> 
             assert list(keys) == ["k1", "x"]
     finally:
         await db.close()
+
+
+class _Abandoned(Exception):
+    pass
+
+
+@pytest.mark.parametrize("dedicated_writer", [False, True], ids=["pool", "dedicated-writer"])
+async def test_a_unit_of_work_commits_or_rolls_back_whole_whichever_path_wrote(
+    database_url: str, dedicated_writer: bool
+) -> None:
+    # The dedicated writer ends a transaction of driver statements on the driver, and one that
+    # also went through SQLAlchemy through SQLAlchemy: both must be all or nothing.
+    db = Database(database_url, metadata, dedicated_writer=dedicated_writer)
+    await db.create_schema()
+
+    async def keys() -> list[str]:
+        async with db.reading() as conn:
+            return list((await conn.execute(select(others.c.key).order_by(others.c.key))).scalars())
+
+    try:
+        for through_sqlalchemy in (False, True):
+            with pytest.raises(_Abandoned):
+                async with db.transaction() as conn:
+                    await bulk_insert(others)(conn, [{"key": f"lost-{through_sqlalchemy}"}])
+                    if through_sqlalchemy:
+                        await conn.execute(others.insert().values(key="lost-too"))
+                    raise _Abandoned
+            with pytest.raises(IntegrityError):
+                async with db.transaction() as conn:
+                    if through_sqlalchemy:
+                        await conn.execute(others.insert().values(key="lost-first"))
+                    await bulk_insert(others)(conn, [{"key": "dup"}, {"key": "dup"}])
+            assert await keys() == []
+
+        async with db.transaction() as conn:
+            await bulk_insert(others)(conn, [{"key": "a"}])
+        async with db.transaction() as conn:
+            await conn.execute(others.insert().values(key="b"))
+            await bulk_insert(others)(conn, [{"key": "c"}])
+        async with db.transaction() as conn:
+            await conn.execute(update(others).where(others.c.key == "a").values(key="a2"))
+        assert await keys() == ["a2", "b", "c"]
+    finally:
+        await db.close()
