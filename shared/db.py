@@ -305,7 +305,8 @@ async def _end(conn: AsyncConnection, *, commit: bool) -> None:
         await (conn.commit() if commit else conn.rollback())
         return
     raw = driver_sqlite(conn)
-    if raw is None or not raw.in_transaction:
+    assert raw is not None, "only SQLite's dedicated writer ends transactions here"
+    if not raw.in_transaction:
         return
     try:
         if commit:

@@ -1,7 +1,7 @@
 """Which statements a piece of work ran that read a whole per-order table (SQLite's query plan).
 
 A full scan costs nothing in a test's small database and grows with every order stored: a job
-that runs every second and scans reservations cost inventory 90 ms a second with a million
+that runs every second and scans reservations cost inventory 77 ms a second with a million
 orders stored. Tests of periodic jobs assert they search, never scan, the tables that grow.
 """
 
@@ -22,8 +22,8 @@ _SCAN = re.compile(r"SCAN (\w+)")
 async def full_scans(
     db: Database, tables: Iterable[str], work: Callable[[], Awaitable[Any]]
 ) -> list[str]:
-    """Run ``work`` on ``db`` (SQLite, one connection) and return each statement it ran whose
-    plan scans one of ``tables``, with that plan line."""
+    """Run ``work`` on ``db`` (SQLite; every connection it checks out is traced) and return
+    each statement it ran whose plan scans one of ``tables``, with that plan line."""
     watched = set(tables)
     statements: list[str] = []
     traced: list[sqlite3.Connection] = []

@@ -140,8 +140,7 @@ async def measure(
     if history_orders:
         # The bench's growth run's history, stored before the first batch (the pool's
         # connections are idle: the prefill's own connection is the only writer meanwhile).
-        db_file = Path(home) / f"{service}.db"
-        history.prefill(service, db_file, rt.db.metadata, history_orders)
+        history.prefill_service(service, Path(home) / f"{service}.db", history_orders)
     try:
         if service == "inventory":
             for command in restocks():

@@ -65,6 +65,13 @@ def peak_rss_mb(pid: int) -> float:
     return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
 
 
+def note_peak_rss(rss: dict[str, float], launcher: Launcher) -> None:
+    """Raise each service's entry in ``rss`` to its process's high-water mark so far."""
+    for name, proc in launcher.services.items():
+        if proc.proc:
+            rss[name] = max(rss.get(name, 0.0), peak_rss_mb(proc.proc.pid))
+
+
 def cpu_seconds(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return float(t.user + t.system)
@@ -169,24 +176,23 @@ GROWTH_ORDER = ("empty", "grown", "grown", "empty")
 
 
 async def measure_growth(
-    cfg: BenchConfig, home: Path, nc: NATS, launcher: Launcher, growth: dict[str, Any]
-) -> tuple[list[dict[str, Any]], list[str]]:
+    cfg: BenchConfig, home: Path, nc: NATS, launcher: Launcher, rss: dict[str, float]
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """Throughput with ``cfg.history_orders`` orders stored, relative to the empty system.
 
     A second system (its own nats-server, services and databases) is started beside the first,
     its databases filled with the history while its services are stopped, and the two take
     turns: empty, grown, grown, empty, each a maximum run of ``cfg.max_orders``. Taking turns
     keeps the machine's drift (±15 % within an hour here) out of the ratio: run one after the
-    other, the same code measured 0.63 to 1.07. Fills ``growth`` and returns the runs and any
-    correctness problems.
+    other, the same code measured 0.63 to 1.07. Returns the growth figures, the runs and any
+    correctness problems; raises ``rss`` to the grown services' peaks.
     """
     say(f"growth: a second system with {cfg.history_orders:,} orders of history ...")
     grown_home = home / "grown"
     other = Launcher(
         grown_home, simulator=False, extra_env={"ORDERFLOW_LOG_LEVEL": "WARNING"}, out=sys.stdout
     )
-    results: list[dict[str, Any]] = []
-    problems: list[str] = []
+    growth: dict[str, Any] = {"history_orders": cfg.history_orders}
     try:
         info = await other.start()
         other_nc = await connect_nats(info["nats_url"], "orderflow-bench", auth=other.admin_auth())
@@ -201,8 +207,7 @@ async def measure_growth(
             history.prefill_all, grown_home, other.services, cfg.history_orders
         )
         growth["prefill_s"] = round(time.monotonic() - started, 1)
-        for name, tables in took.items():
-            growth[f"prefill_s_{name}"] = tables
+        growth.update({f"prefill_s_{name}": tables for name, tables in took.items()})
         started = time.monotonic()
         await asyncio.to_thread(os.sync)
         growth["sync_s"] = round(time.monotonic() - started, 1)
@@ -214,9 +219,8 @@ async def measure_growth(
         # stored, not a restart.
         warm = make_load("warm_grown", min(cfg.max_orders, 4000), rate=0, seed=9)
         await run_load(other_nc, other, warm, timeout=600)
-        problems += (await trace(other_nc, [warm]))["warm_grown"].problems
         systems = {"empty": (nc, launcher), "grown": (other_nc, other)}
-        rates: dict[str, list[float]] = {"empty": [], "grown": []}
+        runs: list[tuple[str, Load, dict[str, float], float]] = []
         for i, side in enumerate(GROWTH_ORDER, start=1):
             side_nc, side_launcher = systems[side]
             name = f"{side}_{i}"
@@ -224,23 +228,29 @@ async def measure_growth(
             load, cpu, nats_cpu = await max_run(
                 side_nc, side_launcher, name, cfg.max_orders, 20 + i
             )
-            traced = (await trace(side_nc, [load]))[name]
-            problems += traced.problems
-            summary = stage_summary(load, traced)
+            runs.append((side, load, cpu, nats_cpu))
+        # Each system's streams read once, after the runs (not between them).
+        empty_loads = [load for side, load, _, _ in runs if side == "empty"]
+        grown_loads = [load for side, load, _, _ in runs if side == "grown"]
+        traced = {**await trace(nc, empty_loads), **await trace(other_nc, [warm, *grown_loads])}
+        problems = [p for t in traced.values() for p in t.problems]
+        results: list[dict[str, Any]] = []
+        for side, load, cpu, nats_cpu in runs:
+            summary = stage_summary(load, traced[load.name])
             summary["cpu_s_per_1000_orders"] = per_1000(cpu, nats_cpu, load.n)
             summary["growth"] = side
             results.append(summary)
-            rates[side].append(summary["achieved_per_s"])
+        rates = {
+            side: [r["achieved_per_s"] for r in results if r["growth"] == side] for side in systems
+        }
         growth["empty_orders_per_s"] = rates["empty"]
         growth["orders_per_s"] = rates["grown"]
         growth["ratio"] = round(sum(rates["grown"]) / sum(rates["empty"]), 3)
-        growth["peak_rss_mb"] = {
-            name: peak_rss_mb(proc.proc.pid) for name, proc in other.services.items() if proc.proc
-        }
+        note_peak_rss(rss, other)
         await other_nc.close()
     finally:
         other.stop()
-    return results, problems
+    return growth, results, problems
 
 
 async def bench(cfg: BenchConfig) -> dict[str, Any]:
@@ -275,9 +285,6 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
         problems = [p for load in loads for p in traced[load.name].problems]
         orders_per_s = results[-1]["achieved_per_s"]
         say(f"orderflow: {orders_per_s} orders/s end to end (queued and notified)")
-        for name, proc in launcher.services.items():
-            if proc.proc:
-                rss[name] = peak_rss_mb(proc.proc.pid)
 
         sample = await read_one_accepted(nc)
         say(f"ceiling: {cfg.ceiling_messages} messages of {len(sample)} bytes through 4 hops ...")
@@ -289,14 +296,13 @@ async def bench(cfg: BenchConfig) -> dict[str, Any]:
 
         growth: dict[str, Any] = {"history_orders": cfg.history_orders}
         if cfg.history_orders > 0:
-            grown_results, grown_problems = await measure_growth(cfg, home, nc, launcher, growth)
+            growth, grown_results, grown_problems = await measure_growth(
+                cfg, home, nc, launcher, rss
+            )
             results += grown_results
             problems += grown_problems
-        for name, proc in launcher.services.items():
-            if proc.proc:
-                rss[name] = max(rss.get(name, 0.0), peak_rss_mb(proc.proc.pid))
-        for name, peak in growth.pop("peak_rss_mb", {}).items():
-            rss[name] = max(rss.get(name, 0.0), peak)
+        # Peaks (VmHWM): one read at the end covers every run of these processes.
+        note_peak_rss(rss, launcher)
         await nc.close()
     finally:
         launcher.stop()
